@@ -52,7 +52,7 @@ def info() -> None:
 @app.command()
 @user_errors
 def synth(
-    out_dir: Path = typer.Argument(..., help="Directory to write images/, train.json and val.json into."),
+    out_dir: Path = typer.Argument(..., help="Directory to write train/, val/ (images), train.json and val.json into."),
     classes: int = typer.Option(24, "--classes", help="Number of categories."),
     train_images: int = typer.Option(400, "--train-images", help="Number of training images."),
     val_images: int = typer.Option(120, "--val-images", help="Number of validation images."),
@@ -106,6 +106,103 @@ def weights(
     doc = write_weights(counts, out, bg_ratio=bg_ratio, min_count=min_count)
     console.print(weights_table(doc))
     console.print(f"wrote {out}")
+
+
+OVERRIDES = typer.Argument(None, help="Hydra overrides: group=option or key=value, e.g. detector=atss_tiny.",
+                           show_default=False)
+
+
+def _compose(overrides: list[str] | None, show_cfg: bool):
+    from ecmctl.config import compose, to_yaml
+
+    cfg = compose(overrides or [])
+    if show_cfg:
+        console.print(to_yaml(cfg), highlight=False, markup=False)
+    return cfg
+
+
+def _say(msg: str) -> None:
+    console.print(f"[cyan]>[/] {msg}", highlight=False)
+
+
+@app.command(context_settings={"allow_extra_args": False})
+@user_errors
+def calibrate(
+    overrides: Optional[list[str]] = OVERRIDES,
+    out: Optional[Path] = typer.Option(None, "-o", "--out", help="Output directory (default runs/calibrate/...)."),
+    show_cfg: bool = typer.Option(False, "--cfg", help="Print the resolved config first."),
+) -> None:
+    """Measure the background ratio r in a short real training run, then write the weights file.
+
+    Example: ecmctl calibrate detector=mask_rcnn_tiny calibrate.max_iters=100
+    """
+    from ecmctl.calibrate import run_calibration
+    from ecmctl.runs import new_run_dir
+
+    cfg = _compose(overrides, show_cfg)
+    out_dir = out or new_run_dir(Path(cfg.run_root) / "calibrate", f"{cfg.detector.name}-{cfg.dataset.name}")
+    res = run_calibration(cfg, out_dir, _say)
+    for st in res["per_stage"]:
+        lo, hi = st["ci95"]
+        console.print(f"stage {st['stage']}: r = {st['r']:.4f}  95% CI [{lo:.4f}, {hi:.4f}]  "
+                      f"({st['iters']} iterations, {st['fg']} fg / {st['bg']} bg RoIs)")
+    console.print(f"weights: {', '.join(res['weights_files'])}\ncalibration: {Path(out_dir) / 'calibration.json'}")
+
+
+@app.command()
+@user_errors
+def train(
+    overrides: Optional[list[str]] = OVERRIDES,
+    resume: Optional[Path] = typer.Option(None, "--resume", help="Continue RUN_DIR from its last checkpoint."),
+    multirun: bool = typer.Option(False, "-m", "--multirun", help="Sweep: a=1,2 b=x,y runs every combination."),
+    show_cfg: bool = typer.Option(False, "--cfg", help="Print the resolved config and exit."),
+) -> None:
+    """Train any mmdet detector with the chosen loss (runs count/calibrate first when needed).
+
+    Examples: ecmctl train detector=faster_rcnn_tiny loss=ecm schedule=smoke;
+    ecmctl train -m loss=ecm,bce seed=0,1,2;  ecmctl train --resume runs/NAME/TIMESTAMP
+    """
+    from ecmctl import train as training
+
+    if resume is not None:
+        if overrides:
+            raise UserError("--resume takes no overrides: the run keeps the config it was started with")
+        run = training.resume(resume, _say)
+        console.print(f"finished: {run.path}")
+        return
+    if multirun:
+        from ecmctl.sweep import run_sweep, sweep_table
+
+        console.print(sweep_table(run_sweep(overrides or [], _say)))
+        return
+    if show_cfg:
+        _compose(overrides, True)
+        return
+    run = training.train(_compose(overrides, False), overrides or [], _say)
+    console.print(f"{run.meta['status']}: {run.path}")
+
+
+@app.command("eval")
+@user_errors
+def eval_cmd(
+    run_dirs: list[Path] = typer.Argument(..., help="One or more run directories (compared side by side)."),
+    checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", help="Checkpoint (default: the last)."),
+    overrides: Optional[list[str]] = typer.Option(None, "--set", help="eval.* override, e.g. eval.per_class=true"),
+    reuse: bool = typer.Option(False, "--reuse", help="Use existing metrics.json instead of re-evaluating."),
+) -> None:
+    """LVIS evaluation (AP, APr/APc/APf, box and mask) -> metrics.json and a table.
+
+    Examples: ecmctl eval runs/faster_rcnn_tiny-ecm-synth/20261125-120000;
+    ecmctl eval RUN_A RUN_B --reuse
+    """
+    from ecmctl.evaluate import evaluate, load_metrics, metrics_table
+
+    if checkpoint is not None and len(run_dirs) > 1:
+        raise UserError("--checkpoint applies to a single run directory")
+    docs = [load_metrics(r) if reuse else evaluate(r, checkpoint, overrides or [], _say) for r in run_dirs]
+    console.print(metrics_table(docs))
+    for r in run_dirs:
+        console.print(f"wrote {Path(r) / 'metrics.json'}" if not reuse else f"read {Path(r) / 'metrics.json'}")
 
 
 def main() -> None:

@@ -1,0 +1,156 @@
+"""`ecmctl train`: compose, prepare the run directory (counts, weights, configs), then launch."""
+
+from __future__ import annotations
+
+import platform
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+from ecmctl.config import to_yaml
+from ecmctl.detector import base_config, build_mm_config
+from ecmctl.errors import UserError
+from ecmctl.io import atomic_write_text
+from ecmctl.loss_config import detector_kind
+from ecmctl.runs import HYDRA_CONFIG, MM_CONFIG, RunDir, git_commit, new_run_dir, now
+from ecmctl.stages import Say, check_weights, class_names, ensure_counts
+
+
+def versions() -> dict:
+    import mmcv
+    import mmdet
+    import mmengine
+    import numpy
+    import torch
+
+    return {"python": platform.python_version(), "torch": torch.__version__, "mmcv": mmcv.__version__,
+            "mmdet": mmdet.__version__, "mmengine": mmengine.__version__, "numpy": numpy.__version__}
+
+
+def device_name() -> str:
+    import torch
+
+    return torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"cpu ({platform.processor() or 'x86_64'})"
+
+
+def resolve_weights(cfg: DictConfig, kind: str, counts_file: Path, counts: dict, run: RunDir,
+                    say: Say) -> list[str] | None:
+    """The weights file(s) for loss=ecm: given, or made now (calibrate for RoI heads, weights for dense)."""
+    if cfg.loss.type != "ecm":
+        return None
+    stages = 3 if kind == "cascade" else 1
+    if cfg.weights_file:
+        given = cfg.weights_file
+        files = [str(given)] * stages if isinstance(given, str) else [str(f) for f in given]
+    else:
+        from ecmctl.calibrate import run_calibration
+
+        say("loss=ecm has no weights_file: running `ecmctl calibrate` first"
+            + (" (one-stage: foreground-only weights)" if kind == "one_stage" else ""))
+        cal = run_calibration(cfg, run.path / "calibration", say)
+        run.save_input("calibration", run.path / "calibration" / "calibration.json")
+        files = cal["weights_files"]
+    if len(files) != stages:
+        raise UserError(f"weights_file: {len(files)} files for {stages} RoI stage(s) of {cfg.detector.name}")
+    for i, f in enumerate(files):
+        check_weights(f, counts, with_background=kind != "one_stage")
+        files[i] = str(run.save_input(f"weights_stage{i}" if stages > 1 else "weights", f))
+    return files
+
+
+def prepare(cfg: DictConfig, overrides: list[str], say: Say = print) -> RunDir:
+    """Create and lock the run directory, make every missing input, write both configs."""
+    kind = detector_kind(base_config(cfg).model)  # fails fast on an unsupported detector
+    counts_file, counts = ensure_counts(cfg, say)
+    run = RunDir(Path(cfg.run_dir) if cfg.get("run_dir") else new_run_dir(cfg.run_root, cfg.name))
+    run.path.mkdir(parents=True, exist_ok=True)
+    run.lock()
+    run.update(name=cfg.name, status="preparing", created=now(), overrides=list(overrides),
+               git_commit=git_commit(), versions=versions(), device=device_name(),
+               launcher=cfg.launcher.name, max_iters=int(cfg.train.max_iters))
+    run.save_input("counts", counts_file)
+    weights = resolve_weights(cfg, kind, counts_file, counts, run, say)
+    mm = build_mm_config(cfg, class_names(counts), run.path.resolve(), weights)
+    atomic_write_text(run.path / HYDRA_CONFIG, to_yaml(cfg))
+    atomic_write_text(run.path / MM_CONFIG, mm.pretty_text)
+    run.update(status="ready")
+    return run
+
+
+def train(cfg: DictConfig, overrides: list[str], say: Say = print) -> RunDir:
+    """Prepare a new run and train it with the configured launcher."""
+    run = prepare(cfg, overrides, say)
+    say(f"run directory: {run.path}")
+    return launch_run(run, cfg, resume=False, say=say)
+
+
+def resume(run_dir: str | Path, say: Say = print) -> RunDir:
+    """Continue a run from its last checkpoint, with the launcher it was started with."""
+    run = RunDir.open(run_dir)
+    meta = run.meta
+    if meta.get("status") == "finished":
+        raise UserError(f"{run.path}: the run already finished ({meta.get('max_iters')} iterations); "
+                        "nothing to resume")
+    if not (run.path / MM_CONFIG).is_file():
+        raise UserError(f"{run.path}: no {MM_CONFIG}; the run never got ready, start a new one")
+    run.lock()
+    cfg = OmegaConf.load(run.path / HYDRA_CONFIG)
+    say(f"resuming {run.path} from {run.last_checkpoint() or 'the start (no checkpoint yet)'}")
+    return launch_run(run, cfg, resume=True, say=say)
+
+
+def launch_run(run: RunDir, cfg: DictConfig, resume: bool, say: Say) -> RunDir:
+    from ecmctl.launch import launch
+
+    run.update(status="running", started=now())
+    try:
+        launch(run.path, cfg, resume=resume, say=say)
+    except BaseException:
+        run.update(status="failed", stopped=now())
+        raise
+    finally:
+        run.unlock()
+    if cfg.launcher.name != "slurm":  # a SLURM job marks itself finished
+        run.update(status="finished", finished=now(), checkpoint=str(run.last_checkpoint()))
+    return run
+
+
+def run_worker(run_dir: str | Path, resume: bool = False) -> None:
+    """Train in this process from the run's mmdet config (one rank under torchrun/SLURM)."""
+    from mmengine.config import Config
+    from mmengine.runner import Runner
+
+    from ecmctl import compat
+
+    compat.apply()
+    run_dir = Path(run_dir)
+    mm = Config.fromfile(str(run_dir / MM_CONFIG))
+    mm.work_dir = str(run_dir.resolve())
+    mm.resume = bool(resume)
+    if mm.launcher != "none":
+        _distributed_on_this_host(mm)
+    Runner.from_cfg(mm).train()
+
+
+def _distributed_on_this_host(mm) -> None:
+    """NCCL on GPUs; on a CPU host gloo, a DDP without device_ids, and our own process-group init
+    (mmengine's pytorch launcher calls torch.cuda.set_device, which fails without CUDA)."""
+    import torch
+    import torch.distributed as dist
+
+    if torch.cuda.is_available():
+        return
+    mm.env_cfg.dist_cfg = dict(backend="gloo")
+    mm.model_wrapper_cfg = dict(type="MMDistributedDataParallel", device_ids=None, broadcast_buffers=False)
+    if mm.launcher == "pytorch" and not dist.is_initialized():
+        dist.init_process_group(backend="gloo")
+
+
+def finished_iters(run_dir: str | Path) -> int | None:
+    """The iteration count of a run's last checkpoint (its `meta.iter`), or None."""
+    import torch
+
+    ckpt = RunDir(run_dir).last_checkpoint()
+    if ckpt is None:
+        return None
+    return int(torch.load(ckpt, map_location="cpu", weights_only=False)["meta"]["iter"])

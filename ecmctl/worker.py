@@ -1,0 +1,37 @@
+"""`python -m ecmctl.worker RUN_DIR [--resume]`: one training rank, as started by torchrun."""
+
+import argparse
+
+from ecmctl.train import run_worker
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("run_dir")
+    p.add_argument("--resume", action="store_true")
+    p.add_argument("--test", metavar="CHECKPOINT", help="evaluate this checkpoint instead of training")
+    a = p.parse_args()
+    if a.test:
+        evaluate_rank(a.run_dir, a.test)
+    else:
+        run_worker(a.run_dir, a.resume)
+
+
+def evaluate_rank(run_dir: str, checkpoint: str) -> None:
+    """One evaluation rank; rank 0 writes metrics.json."""
+    from pathlib import Path
+
+    from mmengine.dist import get_rank
+    from omegaconf import OmegaConf
+
+    from ecmctl.evaluate import run_test, write_metrics
+    from ecmctl.runs import HYDRA_CONFIG
+
+    cfg = OmegaConf.load(Path(run_dir) / HYDRA_CONFIG)
+    raw = run_test(run_dir, checkpoint, cfg)
+    if get_rank() == 0:
+        write_metrics(Path(run_dir), Path(checkpoint), cfg, raw)
+
+
+if __name__ == "__main__":
+    main()
