@@ -13,7 +13,9 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 from mmengine.hooks import Hook
-from mmdet.registry import HOOKS
+from mmengine.registry import HOOKS
+
+from ecmctl.compat import scope_registry
 
 BG_FG = "bg_fg"
 
@@ -83,7 +85,7 @@ class LabelCounter:
         return out
 
 
-@HOOKS.register_module(name="ecmctl.CalibrationHook")
+@scope_registry(HOOKS).register_module(name="CalibrationHook")
 class CalibrationHook(Hook):
     """Records [fg, bg] per iteration for each RoI stage; stops training once r has converged."""
 
@@ -163,11 +165,9 @@ def run_calibration(cfg, out_dir, say=print) -> dict:
     """
     from pathlib import Path
 
-    from mmengine.runner import Runner
     from omegaconf import OmegaConf
 
-    from ecmctl import compat
-    from ecmctl.detector import base_config, build_mm_config
+    from ecmctl.detector import base_config, build_mm_config, make_runner
     from ecmctl.errors import UserError
     from ecmctl.io import atomic_write_json
     from ecmctl.loss_config import detector_kind
@@ -190,19 +190,18 @@ def run_calibration(cfg, out_dir, say=print) -> dict:
         write_weights(counts_file, wf)
         result.update(iters=0, r=None, ci95=None, per_stage=[], trace=[], weights_files=[str(wf)])
     else:
-        compat.apply()
         cal = cfg.copy()
         OmegaConf.update(cal, "train.max_iters", int(c.max_iters))
         OmegaConf.update(cal, "train.checkpoint_interval", int(c.max_iters) + 1)
         loss = cal.loss if cal.loss.type != "ecm" else OmegaConf.create({"name": "bce", "type": "bce"})
         mm = build_mm_config(cal, class_names(counts), out / "mmengine", loss=loss)
         mm.default_hooks.checkpoint = None
-        mm.default_hooks.visualization = None
+        mm.default_hooks.pop("visualization")
         mm.visualizer.vis_backends = [dict(type="LocalVisBackend")]
         mm.custom_hooks = [dict(type="ecmctl.CalibrationHook", min_iters=int(c.min_iters),
                                 rel_tol=float(c.rel_tol), bootstrap=int(c.bootstrap))]
         mm.log_level = "WARNING"
-        runner = Runner.from_cfg(mm)
+        runner = make_runner(mm)
         runner.train()
         hook = next(h for h in runner.hooks if isinstance(h, CalibrationHook))
         traces = hook.arrays()

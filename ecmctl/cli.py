@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import functools
 from pathlib import Path
-from typing import Optional
 
 import typer
 from rich.console import Console
@@ -92,8 +91,8 @@ def count(
 @user_errors
 def weights(
     counts: str = typer.Argument(..., help="Counts file from `ecmctl count`, or the built-in name lvis_v1."),
-    bg_ratio: Optional[float] = typer.Option(None, "--bg-ratio", help="Background ratio r (two-stage heads)."),
-    min_count: Optional[int] = typer.Option(None, "--min-count", help="Floor instance counts at this value."),
+    bg_ratio: float | None = typer.Option(None, "--bg-ratio", help="Background ratio r (two-stage heads)."),
+    min_count: int | None = typer.Option(None, "--min-count", help="Floor instance counts at this value."),
     out: Path = typer.Option(Path("weights.json"), "-o", "--out", help="Output weights file."),
 ) -> None:
     """Effective class-margins and weights (eq. 10-11, 24-26) -> the weights file.
@@ -128,8 +127,8 @@ def _say(msg: str) -> None:
 @app.command(context_settings={"allow_extra_args": False})
 @user_errors
 def calibrate(
-    overrides: Optional[list[str]] = OVERRIDES,
-    out: Optional[Path] = typer.Option(None, "-o", "--out", help="Output directory (default runs/calibrate/...)."),
+    overrides: list[str] | None = OVERRIDES,
+    out: Path | None = typer.Option(None, "-o", "--out", help="Output directory (default runs/calibrate/...)."),
     show_cfg: bool = typer.Option(False, "--cfg", help="Print the resolved config first."),
 ) -> None:
     """Measure the background ratio r in a short real training run, then write the weights file.
@@ -152,8 +151,8 @@ def calibrate(
 @app.command()
 @user_errors
 def train(
-    overrides: Optional[list[str]] = OVERRIDES,
-    resume: Optional[Path] = typer.Option(None, "--resume", help="Continue RUN_DIR from its last checkpoint."),
+    overrides: list[str] | None = OVERRIDES,
+    resume: Path | None = typer.Option(None, "--resume", help="Continue RUN_DIR from its last checkpoint."),
     multirun: bool = typer.Option(False, "-m", "--multirun", help="Sweep: a=1,2 b=x,y runs every combination."),
     show_cfg: bool = typer.Option(False, "--cfg", help="Print the resolved config and exit."),
 ) -> None:
@@ -186,8 +185,8 @@ def train(
 @user_errors
 def eval_cmd(
     run_dirs: list[Path] = typer.Argument(..., help="One or more run directories (compared side by side)."),
-    checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", help="Checkpoint (default: the last)."),
-    overrides: Optional[list[str]] = typer.Option(None, "--set", help="eval.* override, e.g. eval.per_class=true"),
+    checkpoint: Path | None = typer.Option(None, "--checkpoint", help="Checkpoint (default: the last)."),
+    overrides: list[str] | None = typer.Option(None, "--set", help="eval.* override, e.g. eval.per_class=true"),
     reuse: bool = typer.Option(False, "--reuse", help="Use existing metrics.json instead of re-evaluating."),
 ) -> None:
     """LVIS evaluation (AP, APr/APc/APf, box and mask) -> metrics.json and a table.
@@ -203,6 +202,39 @@ def eval_cmd(
     console.print(metrics_table(docs))
     for r in run_dirs:
         console.print(f"wrote {Path(r) / 'metrics.json'}" if not reuse else f"read {Path(r) / 'metrics.json'}")
+
+
+@app.command()
+@user_errors
+def demo(
+    overrides: list[str] | None = OVERRIDES,
+    out: Path | None = typer.Option(None, "--out", help="Where the demo's runs go (default runs/demo)."),
+) -> None:
+    """The main job on the embedded dataset: synth, count, calibrate, train ECM and BCE, eval, report.
+
+    Examples: ecmctl demo;  ecmctl demo demo.seeds=[0,1,2];  ecmctl demo schedule=smoke --out /tmp/demo
+    """
+    from ecmctl.demo import demo_table, run_demo
+
+    summary = run_demo([*(overrides or []), *([f"demo.out={out}"] if out else [])], _say)
+    console.print(demo_table(summary))
+    console.print(f"report: {summary['report']}")
+
+
+@app.command()
+@user_errors
+def report(
+    run_dirs: list[Path] = typer.Argument(..., help="Evaluated run directories, the first is the reference."),
+    out: Path = typer.Option(Path("report"), "-o", "--out", help="Output directory for PNGs and report.md."),
+) -> None:
+    """Plots (weights, margins, AP by group, per-class AP, loss curves) and a Markdown summary.
+
+    Example: ecmctl report runs/demo/demo-ecm-seed0/* runs/demo/demo-bce-seed0/* -o report/
+    """
+    from ecmctl.report import write_report
+
+    result = write_report(list(run_dirs), out)
+    console.print(f"wrote {result['markdown']} and {len(result['figures'])} figures")
 
 
 def main() -> None:

@@ -14,7 +14,7 @@ from omegaconf import DictConfig, OmegaConf
 from ecmctl.errors import UserError
 from ecmctl.loss_config import apply_loss, apply_normed_head
 
-CUSTOM_IMPORTS = ["ecmctl.losses", "ecmctl.compat"]
+CUSTOM_IMPORTS = ["ecmctl.losses", "ecmctl.compat", "ecmctl.lvis_metric"]
 
 
 def mmdet_config_path(rel: str) -> Path:
@@ -89,9 +89,9 @@ def build_mm_config(cfg: DictConfig, classes: Sequence[str], work_dir: str | Pat
         batch_size=1, num_workers=int(tr.num_workers), persistent_workers=False, drop_last=False,
         sampler=dict(type="DefaultSampler", shuffle=False),
         dataset=_dataset(ds, ds.val_ann, classes, test_pipe, test_mode=True))
-    mm.test_evaluator = dict(type="ecmctl.LVISMetric", ann_file=str(Path(ds.val_ann).resolve()),
+    mm.test_evaluator = dict(type="ecmctl.PerClassLVISMetric", ann_file=str(Path(ds.val_ann).resolve()),
                              metric=["bbox", "segm"] if with_mask else ["bbox"],
-                             classwise=bool(cfg.eval.per_class))
+                             classwise=False)  # `ecmctl eval` turns it on
     mm.test_cfg = dict(type="TestLoop")
     set_test_protocol(mm.model, float(cfg.eval.score_thr), int(cfg.eval.max_per_img))
     max_iters, val_interval = int(tr.max_iters), int(tr.val_interval)
@@ -121,7 +121,7 @@ def build_mm_config(cfg: DictConfig, classes: Sequence[str], work_dir: str | Pat
         sampler_seed=dict(type="DistSamplerSeedHook"),
         visualization=dict(type="DetVisualizationHook"))
     mm.log_processor = dict(type="LogProcessor", window_size=20, by_epoch=False)
-    mm.visualizer = dict(type="DetLocalVisualizer", name="visualizer",
+    mm.visualizer = dict(type="DetLocalVisualizer",
                          vis_backends=[dict(type="LocalVisBackend"), dict(type="TensorboardVisBackend")])
     mm.randomness = dict(seed=int(cfg.seed), deterministic=False)
     mm.env_cfg = dict(cudnn_benchmark=False, mp_cfg=dict(mp_start_method="fork", opencv_num_threads=0),
@@ -144,3 +144,20 @@ def set_test_protocol(model, score_thr: float, max_per_img: int) -> None:
     target = test_cfg.get("rcnn", test_cfg)
     target["score_thr"] = score_thr
     target["max_per_img"] = max_per_img
+
+
+def make_runner(mm):
+    """An mmengine Runner with its own logger and visualizer.
+
+    mmengine keys both singletons by experiment name (a timestamp to the second by default), so a
+    second Runner in the same process (calibrate, then train, then eval) would log into the first's files.
+    """
+    import uuid
+
+    from mmengine.runner import Runner
+
+    from ecmctl import compat, losses, lvis_metric  # noqa: F401  (registries, for in-memory configs too)
+
+    compat.apply()
+    mm.experiment_name = f"ecmctl-{uuid.uuid4().hex[:12]}"
+    return Runner.from_cfg(mm)

@@ -50,24 +50,21 @@ def parse_metrics(raw: dict) -> dict:
 def run_test(run_dir: str | Path, checkpoint: str | Path, cfg) -> dict:
     """Run mmengine's test loop for one checkpoint (one rank); returns the raw metrics dict."""
     from mmengine.config import Config
-    from mmengine.runner import Runner
 
-    from ecmctl import compat
-    from ecmctl.detector import set_test_protocol
+    from ecmctl.detector import make_runner, set_test_protocol
     from ecmctl.train import _distributed_on_this_host
 
-    compat.apply()
     run_dir = Path(run_dir)
     mm = Config.fromfile(str(run_dir / MM_CONFIG))
     mm.work_dir = str((run_dir / "eval").resolve())
     mm.load_from, mm.resume = str(checkpoint), False
-    mm.test_evaluator.classwise = bool(cfg.eval.per_class)
+    mm.test_evaluator.classwise = True  # per-class AP feeds metrics.json and the report
     set_test_protocol(mm.model, float(cfg.eval.score_thr), int(cfg.eval.max_per_img))
     mm.launcher = {"local": "none", "torchrun": "pytorch", "slurm": "slurm"}[cfg.launcher.name]
     if mm.launcher != "none":
         _distributed_on_this_host(mm)
     mm.visualizer.vis_backends = [dict(type="LocalVisBackend")]
-    return Runner.from_cfg(mm).test()
+    return make_runner(mm).test()
 
 
 def evaluate(run_dir: str | Path, checkpoint: str | Path | None = None, overrides: list[str] = (),

@@ -118,18 +118,16 @@ def launch_run(run: RunDir, cfg: DictConfig, resume: bool, say: Say) -> RunDir:
 def run_worker(run_dir: str | Path, resume: bool = False) -> None:
     """Train in this process from the run's mmdet config (one rank under torchrun/SLURM)."""
     from mmengine.config import Config
-    from mmengine.runner import Runner
 
-    from ecmctl import compat
+    from ecmctl.detector import make_runner
 
-    compat.apply()
     run_dir = Path(run_dir)
     mm = Config.fromfile(str(run_dir / MM_CONFIG))
     mm.work_dir = str(run_dir.resolve())
     mm.resume = bool(resume)
     if mm.launcher != "none":
         _distributed_on_this_host(mm)
-    Runner.from_cfg(mm).train()
+    make_runner(mm).train()
 
 
 def _distributed_on_this_host(mm) -> None:

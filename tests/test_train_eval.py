@@ -1,0 +1,125 @@
+"""train -> eval end to end on CPU, resume after SIGKILL, run-directory rules, and bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from ecmctl.cli import app
+from ecmctl.config import compose
+from ecmctl.evaluate import METRIC_KEYS, evaluate
+from ecmctl.runs import RunDir
+from ecmctl.train import finished_iters, train
+
+pytestmark = pytest.mark.slow
+
+
+def _train(overrides, *extra):
+    job = [*overrides, *extra]
+    return train(compose(job), job, say=lambda m: None)
+
+
+@pytest.mark.parametrize("detector, ious", [("faster_rcnn_tiny", ["bbox"]), ("atss_tiny", ["bbox"]),
+                                            ("mask_rcnn_tiny", ["bbox", "segm"])])
+def test_train_then_eval_with_ecm(overrides, detector, ious):
+    run = _train(overrides, f"detector={detector}", "loss=ecm")
+    meta = run.meta
+    assert meta["status"] == "finished" and meta["max_iters"] == 4
+    assert {"counts", "weights"} <= set(meta["inputs"]) and meta["versions"]["mmdet"] == "3.3.0"
+    for f in ("config.yaml", "mmdet_config.py", "run.json", "last_checkpoint"):
+        assert (run.path / f).is_file(), f
+    assert finished_iters(run.path) == 4
+    assert list(run.path.glob("*/vis_data/events.out.tfevents.*")), "TensorBoard scalars"
+    mm_cfg = (run.path / "mmdet_config.py").read_text()
+    assert "ECMFocalLoss" in mm_cfg if detector == "atss_tiny" else "ECMLoss" in mm_cfg
+    doc = evaluate(run.path, say=lambda m: None)
+    on_disk = json.loads((run.path / "metrics.json").read_text())
+    assert on_disk == doc and doc["schema"] == "ecmctl/metrics@1"
+    for iou in ious:
+        assert set(METRIC_KEYS) <= set(doc[iou]), iou
+        assert len(doc[f"{iou}_per_class"]) == 8
+    assert doc["protocol"] == {"score_thr": 1e-4, "max_per_img": 300, "ann_file": doc["protocol"]["ann_file"]}
+
+
+def test_roi_test_scores_follow_ecm_activation(overrides):
+    """At test time the RoI head scores are sigma(s_c) * (1 - sigma(s_bg)), background dropped."""
+    import torch
+    from mmdet.registry import MODELS
+    from mmdet.utils import register_all_modules
+    from mmengine.config import Config
+
+    register_all_modules()
+    run = _train(overrides, "detector=faster_rcnn_tiny", "loss=ecm", "train.max_iters=2")
+    mm = Config.fromfile(str(run.path / "mmdet_config.py"))
+    head = MODELS.build(mm.model.roi_head.bbox_head)
+    s = torch.randn(5, 9)
+    act = head.loss_cls.get_activation(s)
+    expected = torch.sigmoid(s[:, :8]) * (1 - torch.sigmoid(s[:, 8:]))
+    assert torch.allclose(act[:, :8], expected)
+
+
+def test_resume_after_sigkill_finishes_same_iterations(overrides, tmp_path):
+    """A run killed with SIGKILL resumes from its last checkpoint and ends at max_iters."""
+    job = [*overrides, "detector=atss_tiny", "loss=bce", "train.max_iters=40", "train.checkpoint_interval=2",
+           "name=killed"]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "ecmctl.cli", "train", *job], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    runs_root = Path(overrides[1].split("=", 1)[1]) / "killed"
+    deadline = time.time() + 240
+    while time.time() < deadline and not list(runs_root.glob("*/iter_4.pth")):
+        time.sleep(0.5)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    (run_dir,) = list(runs_root.iterdir())
+    assert RunDir(run_dir).meta["status"] == "running"  # killed: nobody marked it finished
+    killed_at = finished_iters(run_dir)
+    assert killed_at is not None and killed_at < 40
+    res = CliRunner().invoke(app, ["train", "--resume", str(run_dir)])
+    assert res.exit_code == 0, res.output
+    assert finished_iters(run_dir) == 40 and RunDir(run_dir).meta["status"] == "finished"
+    again = CliRunner().invoke(app, ["train", "--resume", str(run_dir)])
+    assert again.exit_code == 2 and "already finished" in again.output
+
+
+def test_run_directory_rules(overrides, tmp_path):
+    run = _train(overrides, "detector=atss_tiny", "loss=bce", "train.max_iters=2")
+    before = sorted(p.name for p in run.path.iterdir())
+    cli = CliRunner()
+    # a locked run directory
+    other = RunDir(run.path)
+    other.update(status="running")
+    other.lock()
+    try:
+        res = cli.invoke(app, ["train", "--resume", str(run.path)])
+        assert res.exit_code == 2 and "locked" in res.output
+    finally:
+        other.unlock()
+    # not a run directory, a missing checkpoint
+    res = cli.invoke(app, ["eval", str(tmp_path)])
+    assert res.exit_code == 2 and "not an ecmctl run directory" in res.output
+    res = cli.invoke(app, ["eval", str(run.path), "--checkpoint", str(tmp_path / "nope.pth")])
+    assert res.exit_code == 2 and "no such checkpoint" in res.output
+    assert sorted(p.name for p in run.path.iterdir()) == before  # nothing lost or added
+
+
+def test_weights_file_of_another_dataset_fails_fast(overrides, tmp_path):
+    counts = {"schema": "ecmctl/counts@1", "source": {"path": "x", "sha256": "0", "num_images": 1,
+                                                       "num_annotations": 3},
+              "categories": [{"id": i, "name": f"x{i}", "frequency": "r", "instance_count": i, "image_count": 1}
+                             for i in (1, 2, 3)]}
+    (tmp_path / "c.json").write_text(json.dumps(counts))
+    w = tmp_path / "w.json"
+    assert CliRunner().invoke(app, ["weights", str(tmp_path / "c.json"), "-o", str(w)]).exit_code == 0
+    t0 = time.time()
+    res = CliRunner().invoke(app, ["train", *overrides, "detector=atss_tiny", "loss=ecm", f"weights_file={w}"])
+    assert res.exit_code == 2 and "differ from the dataset's 8 classes" in res.output
+    assert time.time() - t0 < 30
