@@ -7,6 +7,7 @@ from pathlib import Path
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from ecmctl.errors import UserError
 
@@ -30,7 +31,7 @@ def user_errors(fn):
         try:
             return fn(*args, **kwargs)
         except UserError as e:
-            err_console.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
+            err_console.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False, soft_wrap=True)
             raise typer.Exit(2) from None
 
     return wrapper
@@ -121,7 +122,7 @@ def _compose(overrides: list[str] | None, show_cfg: bool):
 
 
 def _say(msg: str) -> None:
-    console.print(f"[cyan]>[/] {msg}", highlight=False)
+    console.print(f"[cyan]>[/] {escape(msg)}", highlight=False)
 
 
 @app.command(context_settings={"allow_extra_args": False})
@@ -231,10 +232,9 @@ def report(
 
     Example: ecmctl report runs/demo/demo-ecm-seed0/* runs/demo/demo-bce-seed0/* -o report/
     """
-    from ecmctl.report import write_report
+    from ecmctl.report import report_summary, write_report
 
-    result = write_report(list(run_dirs), out)
-    console.print(f"wrote {result['markdown']} and {len(result['figures'])} figures")
+    console.print(report_summary(write_report(list(run_dirs), out)))
 
 
 def main() -> None:

@@ -37,7 +37,7 @@ from ecmctl.errors import UserError
 from ecmctl.io import atomic_write_json, check_output_dir
 
 COUNTS_SCHEMA = "ecmctl/counts@1"
-CHUNK_SIZE = 16 << 20
+CHUNK_SIZE = 8 << 20
 PROGRESS_MIN_BYTES = 8 << 20
 FREQUENCY_RULE = "LVIS rule on image counts: r <= 10 images (0 included), c 11-100, f > 100"
 REQUIRED = ("images", "annotations", "categories")
@@ -576,7 +576,7 @@ def _counts_document(path: str, scanner: _Scanner, sha256: str) -> dict:
         cid = c.get("id")
         if isinstance(cid, float) and cid.is_integer():
             cid = int(cid)
-        if not isinstance(cid, int) or isinstance(cid, bool):
+        if not isinstance(cid, int) or isinstance(cid, bool) or not -(2**63) <= cid < 2**63:
             raise UserError(f"{path}: entry #{i} of 'categories' has no integer 'id' (got {cid!r})")
         if not isinstance(c.get("name"), str):
             raise UserError(f"{path}: category id {cid} has no string 'name'")

@@ -31,7 +31,7 @@ class StageClock:
         yield
         dt = time.perf_counter() - t0
         self.times[name] = self.times.get(name, 0.0) + dt
-        self.say(f"[{name}] {dt:.1f} s")
+        self.say(f"stage {name}: {dt:.1f} s")
 
 
 def run_demo(overrides: list[str] = (), say=print) -> dict:
@@ -108,11 +108,9 @@ def demo_table(summary: dict):
     for col in ("metric", "BCE", "ECM", "Δ (ECM − BCE)"):
         table.add_column(col, justify="left" if col == "metric" else "right")
     ecm, bce = summary["mean"]["ecm"], summary["mean"]["bce"]
-    for iou in ("bbox", "segm"):
-        for key in GROUP_KEYS:
+    for iou in [i for i in ("bbox", "segm") if i in ecm or i in bce]:
+        for key in GROUP_KEYS:  # a group without classes in val shows "-"
             b, e = bce.get(iou, {}).get(key), ecm.get(iou, {}).get(key)
-            if b is None and e is None:
-                continue
             delta = "-" if b is None or e is None else f"{100 * (e - b):+.1f}"
             table.add_row(f"{iou} {key}", _pct(b), _pct(e), delta)
     table.caption = "stage seconds: " + ", ".join(f"{k} {v:.0f}" for k, v in summary["stage_seconds"].items())

@@ -63,7 +63,9 @@ class SlurmTrainJob:
         rank0 = int(os.environ.get("SLURM_PROCID", "0")) == 0
         if rank0:
             run.update(status="running", started=now(), slurm_job=os.environ.get("SLURM_JOB_ID"))
-        run_worker(self.run_dir, self.resume or run.last_checkpoint() is not None)
+        ntasks = int(os.environ.get("SLURM_NTASKS", "1"))
+        run_worker(self.run_dir, self.resume or run.last_checkpoint() is not None,
+                   launcher="slurm" if ntasks > 1 else "none")
         if rank0:
             run.update(status="finished", finished=now(), checkpoint=str(run.last_checkpoint()))
         return self.run_dir
@@ -74,30 +76,36 @@ class SlurmTrainJob:
         return submitit.helpers.DelayedSubmission(SlurmTrainJob(self.run_dir, resume=True))
 
 
-def slurm_executor(lc: DictConfig, folder: str | Path, cluster: str | None = None):
-    import submitit
-
-    ex = submitit.AutoExecutor(folder=str(folder), cluster=cluster)
-    params = dict(nodes=int(lc.nodes), tasks_per_node=int(lc.gpus_per_node), gpus_per_node=int(lc.gpus_per_node),
-                  cpus_per_task=int(lc.cpus_per_task), timeout_min=int(lc.timeout_min), name="ecmctl")
+def slurm_parameters(lc: DictConfig) -> dict:
+    """sbatch parameters (submitit's SlurmExecutor names) from the launcher config: one task per GPU."""
+    params = dict(nodes=int(lc.nodes), ntasks_per_node=int(lc.gpus_per_node), gpus_per_node=int(lc.gpus_per_node),
+                  cpus_per_task=int(lc.cpus_per_task), time=int(lc.timeout_min), job_name="ecmctl")
     if lc.get("mem_gb"):
-        params["mem_gb"] = int(lc.mem_gb)
+        params["mem"] = f"{int(lc.mem_gb)}GB"
     if lc.get("partition"):
-        params["slurm_partition"] = str(lc.partition)
+        params["partition"] = str(lc.partition)
     extra = dict(lc.get("additional_parameters") or {})
     if lc.get("account"):
         extra["account"] = str(lc.account)
     if extra:
-        params["slurm_additional_parameters"] = extra
-    if cluster in (None, "slurm"):
-        ex.update_parameters(**params)
-    else:  # local/debug executors take only the generic parameters
-        ex.update_parameters(timeout_min=params["timeout_min"], name="ecmctl")
+        params["additional_parameters"] = extra
+    return params
+
+
+def slurm_executor(lc: DictConfig, folder: str | Path, cluster: str | None = None):
+    """submitit's executor: SLURM where `sbatch` exists, else its local executor (same job code)."""
+    import submitit
+
+    ex = submitit.AutoExecutor(folder=str(folder), cluster=cluster)
+    if ex.cluster == "slurm":
+        ex.update_parameters(**{f"slurm_{k}": v for k, v in slurm_parameters(lc).items()})
+    else:  # the local executor: one task, no sbatch parameters
+        ex.update_parameters(timeout_min=int(lc.timeout_min), name="ecmctl")
     return ex
 
 
 def submit_slurm(run_dir: Path, lc: DictConfig, resume: bool, say, cluster: str | None = None):
     ex = slurm_executor(lc, lc.folder, cluster)
     job = ex.submit(SlurmTrainJob(str(run_dir), resume))
-    say(f"submitted SLURM job {job.job_id}; logs in {lc.folder}")
+    say(f"submitted {ex.cluster} job {job.job_id}; logs in {lc.folder}")
     return job

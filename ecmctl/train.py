@@ -115,7 +115,7 @@ def launch_run(run: RunDir, cfg: DictConfig, resume: bool, say: Say) -> RunDir:
     return run
 
 
-def run_worker(run_dir: str | Path, resume: bool = False) -> None:
+def run_worker(run_dir: str | Path, resume: bool = False, launcher: str | None = None) -> None:
     """Train in this process from the run's mmdet config (one rank under torchrun/SLURM)."""
     from mmengine.config import Config
 
@@ -125,6 +125,8 @@ def run_worker(run_dir: str | Path, resume: bool = False) -> None:
     mm = Config.fromfile(str(run_dir / MM_CONFIG))
     mm.work_dir = str(run_dir.resolve())
     mm.resume = bool(resume)
+    if launcher is not None:
+        mm.launcher = launcher
     if mm.launcher != "none":
         _distributed_on_this_host(mm)
     make_runner(mm).train()

@@ -52,6 +52,12 @@ def load_counts(path_or_name: str | os.PathLike) -> tuple[dict, str]:
     doc = load_schema(path_or_name, COUNTS_SCHEMA)
     if not isinstance(doc.get("categories"), list) or not doc["categories"]:
         raise UserError(f"{path_or_name}: field 'categories' is missing or empty; regenerate it with `ecmctl count`")
+    for c in doc["categories"]:
+        n = c.get("instance_count") if isinstance(c, dict) else None
+        if isinstance(n, bool) or not isinstance(n, (int, float)) or not math.isfinite(n) or n < 0:
+            name = c.get("name") if isinstance(c, dict) else c
+            raise UserError(f"{path_or_name}: category {name!r} has no valid 'instance_count' ({n!r}); "
+                            "regenerate the file with `ecmctl count`")
     return doc, sha256_file(path_or_name)
 
 

@@ -1,0 +1,137 @@
+"""Launchers for real: 2-process gloo DDP under torchrun, a dying rank, submitit jobs, Hydra sweeps."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from ecmctl.cli import app
+from ecmctl.config import compose
+from ecmctl.launch import SlurmTrainJob, slurm_executor, slurm_parameters, torchrun_command
+from ecmctl.runs import RunDir
+from ecmctl.sweep import run_sweep
+from ecmctl.train import finished_iters, prepare
+
+pytestmark = pytest.mark.slow
+
+
+def _run_root(overrides) -> Path:
+    return Path(next(o for o in overrides if o.startswith("run_root=")).split("=", 1)[1])
+
+
+def test_torchrun_command_forms():
+    single = compose(["launcher=torchrun", "launcher.nproc_per_node=4"]).launcher
+    cmd = torchrun_command(Path("R"), single, resume=True)
+    assert "--standalone" in cmd and "--nproc_per_node=4" in cmd and cmd[-3:] == ["ecmctl.worker", "R", "--resume"]
+    multi = compose(["launcher=torchrun", "launcher.nnodes=2", "launcher.node_rank=1",
+                     "launcher.rdzv_endpoint=host0:29400"]).launcher
+    cmd = torchrun_command(Path("R"), multi, resume=False)
+    assert {"--nnodes=2", "--node_rank=1", "--rdzv_endpoint=host0:29400", "--rdzv_backend=c10d"} <= set(cmd)
+
+
+def test_torchrun_two_gloo_processes_write_one_run(overrides):
+    res = CliRunner().invoke(app, ["train", *overrides, "launcher=torchrun", "launcher.nproc_per_node=2",
+                                   "detector=atss_tiny", "loss=ecm", "name=ddp"])
+    assert res.exit_code == 0, res.output
+    (run_dir,) = list((_run_root(overrides) / "ddp").iterdir())
+    run = RunDir(run_dir)
+    assert run.meta["status"] == "finished" and run.meta["launcher"] == "torchrun"
+    assert finished_iters(run_dir) == 4
+    logs = list(run_dir.glob("*/*.log"))
+    assert len(logs) == 1, "rank 0 alone writes the run's log"
+    text = logs[0].read_text()
+    assert "Distributed training: True" in text and "Iter(train) [4/4]" in text
+
+
+def _worker_pids(marker: str) -> list[int]:
+    pids = []
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            try:
+                cmd = (proc / "cmdline").read_bytes().decode(errors="replace")
+            except OSError:
+                continue
+            if "ecmctl.worker" in cmd and marker in cmd and "torch.distributed.run" not in cmd:
+                pids.append(int(proc.name))
+    return pids
+
+
+def test_dead_rank_ends_the_job_nonzero_within_a_minute(overrides):
+    job = [*overrides, "launcher=torchrun", "launcher.nproc_per_node=2", "detector=atss_tiny", "loss=bce",
+           "train.max_iters=100000", "name=dying"]
+    proc = subprocess.Popen([sys.executable, "-m", "ecmctl.cli", "train", *job], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    marker = str(_run_root(overrides) / "dying")
+    try:
+        deadline = time.time() + 180
+        while time.time() < deadline and len(_worker_pids(marker)) < 2:
+            time.sleep(0.5)
+        pids = _worker_pids(marker)
+        assert len(pids) == 2, "two ranks started"
+        time.sleep(5)  # let them reach the training loop
+        os.kill(pids[1], signal.SIGKILL)
+        t0 = time.time()
+        rc = proc.wait(timeout=60)
+        assert rc != 0 and time.time() - t0 < 60
+        assert not _worker_pids(marker), "the surviving rank was stopped too"
+        (run_dir,) = list((_run_root(overrides) / "dying").iterdir())
+        assert RunDir(run_dir).meta["status"] == "failed"
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+
+
+def test_slurm_job_runs_through_submitit_and_requeues_with_resume(overrides, tmp_path):
+    """No SLURM controller here: submitit's local executor runs the same job callable."""
+    cfg = compose([*overrides, "launcher=slurm", f"launcher.folder={tmp_path / 'slurm'}", "detector=atss_tiny",
+                   "loss=bce", "name=slurm"])
+    run = prepare(cfg, [], say=lambda m: None)
+    run.unlock()
+    ex = slurm_executor(cfg.launcher, cfg.launcher.folder, cluster="local")
+    job = ex.submit(SlurmTrainJob(str(run.path)))
+    assert job.result() == str(run.path)
+    assert run.meta["status"] == "finished" and finished_iters(run.path) == 4
+    # on preemption/timeout submitit calls checkpoint(): the requeued job resumes
+    requeued = SlurmTrainJob(str(run.path)).checkpoint()
+    assert requeued.function.resume is True and requeued.function.run_dir == str(run.path)
+
+
+def test_slurm_parameters_reach_sbatch(tmp_path):
+    from submitit.slurm.slurm import _make_sbatch_string
+
+    lc = compose(["launcher=slurm", "launcher.partition=gpu", "launcher.account=lab", "launcher.nodes=2",
+                  "launcher.gpus_per_node=4", "launcher.mem_gb=64", "+launcher.additional_parameters.qos=high"]).launcher
+    params = slurm_parameters(lc)
+    script = _make_sbatch_string(command="python -m x", folder=str(tmp_path), **params)
+    for line in ("#SBATCH --partition=gpu", "#SBATCH --nodes=2", "#SBATCH --ntasks-per-node=4",
+                 "#SBATCH --gpus-per-node=4", "#SBATCH --account=lab", "#SBATCH --qos=high", "#SBATCH --mem=64GB",
+                 "#SBATCH --time=4320", "#SBATCH --signal=USR2@90"):
+        assert line in script, line
+
+
+def test_local_sweep_runs_every_combination(overrides):
+    summary = run_sweep([*overrides, "detector=atss_tiny", "loss=ecm,bce", "train.max_iters=2"], say=lambda m: None)
+    assert [j["status"] for j in summary["jobs"]] == ["finished", "finished"]
+    dirs = {j["run_dir"] for j in summary["jobs"]}
+    assert len(dirs) == 2 and all(Path(d, "run.json").is_file() for d in dirs)
+    (sweep_json,) = list((_run_root(overrides) / "sweeps" / "sweep").glob("*/sweep.json"))
+    assert json.loads(sweep_json.read_text())["jobs"] == summary["jobs"]
+
+
+def test_sweep_with_slurm_launcher_submits_a_job_array(overrides, tmp_path):
+    summary = run_sweep([*overrides, "launcher=slurm", f"launcher.folder={tmp_path / 'slurm'}",
+                         "detector=atss_tiny", "loss=bce", "seed=0,1", "train.max_iters=2"], say=lambda m: None)
+    assert [j["status"] for j in summary["jobs"]] == ["submitted", "submitted"]
+    deadline = time.time() + 300
+    runs = [RunDir(j["run_dir"]) for j in summary["jobs"]]
+    while time.time() < deadline and any(r.meta.get("status") != "finished" for r in runs):
+        time.sleep(1)
+    assert all(finished_iters(r.path) == 2 for r in runs)
