@@ -154,9 +154,6 @@ def summarize(traces: Sequence[np.ndarray], n_boot: int = 1000) -> list[dict]:
     return out
 
 
-CALIBRATION_SCHEMA = "ecmctl/calibration@1"
-
-
 def run_calibration(cfg, out_dir, say=print) -> dict:
     """`ecmctl calibrate`: measure r per RoI stage, then write calibration.json and the weights file(s).
 
@@ -171,6 +168,7 @@ def run_calibration(cfg, out_dir, say=print) -> dict:
     from ecmctl.errors import UserError
     from ecmctl.io import atomic_write_json
     from ecmctl.loss_config import detector_kind
+    from ecmctl.schemas import CALIBRATION_SCHEMA
     from ecmctl.stages import class_names, ensure_counts
     from ecmctl.weights import write_weights
 

@@ -35,8 +35,8 @@ from rich.markup import escape
 
 from ecmctl.errors import UserError
 from ecmctl.io import atomic_write_json, check_output_dir
+from ecmctl.schemas import COUNTS_SCHEMA
 
-COUNTS_SCHEMA = "ecmctl/counts@1"
 CHUNK_SIZE = 8 << 20
 PROGRESS_MIN_BYTES = 8 << 20
 FREQUENCY_RULE = "LVIS rule on image counts: r <= 10 images (0 included), c 11-100, f > 100"

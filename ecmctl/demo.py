@@ -14,6 +14,7 @@ from omegaconf import OmegaConf
 from ecmctl.config import compose
 from ecmctl.io import atomic_write_json
 from ecmctl.runs import now
+from ecmctl.schemas import DEMO_SCHEMA
 
 DEMO_DEFAULTS = ["detector=faster_rcnn_tiny", "schedule=demo"]
 GROUP_KEYS = ("AP", "APr", "APc", "APf")
@@ -67,7 +68,7 @@ def run_demo(overrides: list[str] = (), say=print) -> dict:
             runs[loss].append(str(run.path))
     with clock.stage("report"):
         rep = write_report([Path(runs["ecm"][0]), Path(runs["bce"][0])], out / "report")
-    summary = {"schema": "ecmctl/demo@1", "finished": now(), "r": cal["r"], "ci95": cal["ci95"],
+    summary = {"schema": DEMO_SCHEMA, "finished": now(), "r": cal["r"], "ci95": cal["ci95"],
                "calibration_iters": cal["iters"], "seeds": list(base.demo.seeds), "runs": runs,
                "mean": {loss: mean_metrics(ms) for loss, ms in metrics.items()},
                "per_seed": metrics_by_seed(metrics), "stage_seconds": clock.times,

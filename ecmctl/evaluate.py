@@ -10,8 +10,8 @@ from omegaconf import OmegaConf
 from ecmctl.errors import UserError
 from ecmctl.io import atomic_write_json, load_schema, sha256_file
 from ecmctl.runs import HYDRA_CONFIG, MM_CONFIG, RunDir, now
+from ecmctl.schemas import METRICS_SCHEMA
 
-METRICS_SCHEMA = "ecmctl/metrics@1"
 METRICS_JSON = "metrics.json"
 METRIC_KEYS = ("AP", "AP50", "AP75", "APs", "APm", "APl", "APr", "APc", "APf")
 

@@ -23,12 +23,8 @@ from pathlib import Path
 
 from ecmctl.errors import UserError
 from ecmctl.io import load_schema
+from ecmctl.schemas import BACKGROUND, CALIBRATION_SCHEMA, COUNTS_SCHEMA, RUN_SCHEMA, WEIGHTS_SCHEMA
 
-RUN_SCHEMA = "ecmctl/run@1"
-COUNTS_SCHEMA = "ecmctl/counts@1"
-WEIGHTS_SCHEMA = "ecmctl/weights@1"
-CALIBRATION_SCHEMA = "ecmctl/calibration@1"  # not imported from ecmctl.calibrate: that pulls in torch
-BACKGROUND = "__background__"
 REPORT_MD = "report.md"
 DPI = 110
 

@@ -11,8 +11,8 @@ from pathlib import Path
 
 from ecmctl.errors import UserError
 from ecmctl.io import atomic_write_json, load_json, sha256_file
+from ecmctl.schemas import RUN_SCHEMA
 
-RUN_SCHEMA = "ecmctl/run@1"
 RUN_JSON = "run.json"
 HYDRA_CONFIG = "config.yaml"
 MM_CONFIG = "mmdet_config.py"

@@ -10,6 +10,7 @@ from pathlib import Path
 from ecmctl.config import compose, expand_sweep
 from ecmctl.io import atomic_write_json
 from ecmctl.runs import new_run_dir, now
+from ecmctl.schemas import SWEEP_SCHEMA
 
 
 def run_sweep(overrides: list[str], say=print) -> dict:
@@ -18,7 +19,7 @@ def run_sweep(overrides: list[str], say=print) -> dict:
     jobs = expand_sweep(overrides)
     cfgs = [compose(job) for job in jobs]  # every combination must compose before anything runs
     root = new_run_dir(Path(cfgs[0].run_root) / "sweeps", "sweep")
-    summary = {"schema": "ecmctl/sweep@1", "overrides": overrides, "started": now(), "jobs": []}
+    summary = {"schema": SWEEP_SCHEMA, "overrides": overrides, "started": now(), "jobs": []}
     say(f"sweep of {len(jobs)} jobs; summary in {root / 'sweep.json'}")
     if cfgs[0].launcher.name == "slurm":
         from ecmctl.launch import SlurmTrainJob, slurm_executor

@@ -13,10 +13,8 @@ import numpy as np
 from ecmctl.errors import UserError
 from ecmctl.io import atomic_write_json, check_output_dir, load_schema, sha256_file
 from ecmctl.margins import compute_margins
+from ecmctl.schemas import BACKGROUND, COUNTS_SCHEMA, WEIGHTS_SCHEMA
 
-COUNTS_SCHEMA = "ecmctl/counts@1"
-WEIGHTS_SCHEMA = "ecmctl/weights@1"
-BACKGROUND = "__background__"
 BUILTIN_COUNTS = {"lvis_v1": "lvis_v1_categories.tsv"}
 
 

@@ -108,7 +108,8 @@ def test_slurm_parameters_reach_sbatch(tmp_path):
     from submitit.slurm.slurm import _make_sbatch_string
 
     lc = compose(["launcher=slurm", "launcher.partition=gpu", "launcher.account=lab", "launcher.nodes=2",
-                  "launcher.gpus_per_node=4", "launcher.mem_gb=64", "+launcher.additional_parameters.qos=high"]).launcher
+                  "launcher.gpus_per_node=4", "launcher.mem_gb=64",
+                  "+launcher.additional_parameters.qos=high"]).launcher
     params = slurm_parameters(lc)
     script = _make_sbatch_string(command="python -m x", folder=str(tmp_path), **params)
     for line in ("#SBATCH --partition=gpu", "#SBATCH --nodes=2", "#SBATCH --ntasks-per-node=4",

@@ -8,7 +8,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ecmctl.margins import compute_margins, detection_weight
-from ecmctl.weights import BACKGROUND, builtin_counts, weights_document
+from ecmctl.schemas import BACKGROUND
+from ecmctl.weights import builtin_counts, weights_document
 
 counts = st.lists(st.integers(1, 10**6), min_size=2, max_size=40)
 bg_ratios = st.one_of(st.none(), st.floats(0.01, 50))

@@ -12,7 +12,8 @@ from typer.testing import CliRunner
 
 from ecmctl.cli import app
 from ecmctl.counting import write_counts
-from ecmctl.weights import BACKGROUND, WEIGHTS_SCHEMA, load_weights
+from ecmctl.schemas import BACKGROUND, WEIGHTS_SCHEMA
+from ecmctl.weights import load_weights
 
 runner = CliRunner()
 FIELDS = {"id", "name", "n_pos", "n_neg", "margin_pos", "margin_neg", "log_w_pos", "log_w_neg", "det_weight"}
