@@ -16,19 +16,16 @@ METRICS_JSON = "metrics.json"
 METRIC_KEYS = ("AP", "AP50", "AP75", "APs", "APm", "APl", "APr", "APc", "APf")
 
 
-def eval_config(run: RunDir, overrides: list[str]):
-    """The run's Hydra config with eval.* overrides (e.g. eval.per_class=true) applied."""
-    cfg = OmegaConf.load(run.path / HYDRA_CONFIG)
+def eval_config(run_dir: Path, overrides: list[str]):
+    """The run's Hydra config with eval.*, launcher.* and device= overrides applied."""
+    cfg = OmegaConf.load(Path(run_dir) / HYDRA_CONFIG)
     bad = [o for o in overrides if not o.startswith(("eval.", "launcher.", "device="))]
     if bad:
         raise UserError(f"eval takes only eval.*, launcher.* and device= overrides, got {' '.join(bad)}")
     try:
-        for ov in overrides:
-            key, _, value = ov.partition("=")
-            OmegaConf.update(cfg, key, OmegaConf.create({"v": value}).v if value else None, force_add=False)
+        return OmegaConf.merge(cfg, OmegaConf.from_dotlist(list(overrides)))
     except Exception as e:
         raise UserError(f"bad eval override: {e}") from None
-    return cfg
 
 
 def parse_metrics(raw: dict) -> dict:
@@ -71,7 +68,7 @@ def evaluate(run_dir: str | Path, checkpoint: str | Path | None = None, override
              say=print) -> dict:
     """Evaluate a run's checkpoint and write metrics.json into the run directory."""
     run = RunDir.open(run_dir)
-    cfg = eval_config(run, list(overrides))
+    cfg = eval_config(run.path, list(overrides))
     ckpt = Path(checkpoint) if checkpoint else (Path(cfg.eval.checkpoint) if cfg.eval.checkpoint
                                                 else run.last_checkpoint())
     if ckpt is None:
@@ -83,7 +80,8 @@ def evaluate(run_dir: str | Path, checkpoint: str | Path | None = None, override
 
         from ecmctl.launch import torchrun_command
 
-        cmd = torchrun_command(run.path, cfg.launcher, resume=False)[:-1] + ["--test", str(ckpt)]
+        cmd = torchrun_command(run.path, cfg.launcher, resume=False) + ["--test", str(ckpt)]
+        cmd += [a for ov in overrides for a in ("--set", ov)]
         if subprocess.run(cmd).returncode != 0:
             raise RuntimeError("distributed evaluation failed; see the ranks' logs above")
         return load_schema(run.path / METRICS_JSON, METRICS_SCHEMA)

@@ -10,24 +10,23 @@ def main() -> None:
     p.add_argument("run_dir")
     p.add_argument("--resume", action="store_true")
     p.add_argument("--test", metavar="CHECKPOINT", help="evaluate this checkpoint instead of training")
+    p.add_argument("--set", action="append", default=[], help="eval override, as for `ecmctl eval --set`")
     a = p.parse_args()
     if a.test:
-        evaluate_rank(a.run_dir, a.test)
+        evaluate_rank(a.run_dir, a.test, a.set)
     else:
         run_worker(a.run_dir, a.resume)
 
 
-def evaluate_rank(run_dir: str, checkpoint: str) -> None:
+def evaluate_rank(run_dir: str, checkpoint: str, overrides: list[str]) -> None:
     """One evaluation rank; rank 0 writes metrics.json."""
     from pathlib import Path
 
     from mmengine.dist import get_rank
-    from omegaconf import OmegaConf
 
-    from ecmctl.evaluate import run_test, write_metrics
-    from ecmctl.runs import HYDRA_CONFIG
+    from ecmctl.evaluate import eval_config, run_test, write_metrics
 
-    cfg = OmegaConf.load(Path(run_dir) / HYDRA_CONFIG)
+    cfg = eval_config(Path(run_dir), overrides)
     raw = run_test(run_dir, checkpoint, cfg)
     if get_rank() == 0:
         write_metrics(Path(run_dir), Path(checkpoint), cfg, raw)
