@@ -198,7 +198,7 @@ def run_calibration(cfg, out_dir, say=print) -> dict:
         mm.visualizer.vis_backends = [dict(type="LocalVisBackend")]
         mm.custom_hooks = [dict(type="ecmctl.CalibrationHook", min_iters=int(c.min_iters),
                                 rel_tol=float(c.rel_tol), bootstrap=int(c.bootstrap))]
-        mm.log_level = "WARNING"
+        mm.log_level = "WARNING"  # the calibration bar shows progress
         runner = make_runner(mm)
         runner.train()
         hook = next(h for h in runner.hooks if isinstance(h, CalibrationHook))

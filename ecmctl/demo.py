@@ -16,7 +16,7 @@ from ecmctl.io import atomic_write_json
 from ecmctl.runs import now
 from ecmctl.schemas import DEMO_SCHEMA
 
-DEMO_DEFAULTS = ["detector=faster_rcnn_tiny", "schedule=demo"]
+DEMO_DEFAULTS = ["detector=faster_rcnn_tiny", "schedule=demo", "train.log_level=WARNING", "train.progress=true"]
 GROUP_KEYS = ("AP", "APr", "APc", "APf")
 
 

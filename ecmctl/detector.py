@@ -14,7 +14,7 @@ from omegaconf import DictConfig, OmegaConf
 from ecmctl.errors import UserError
 from ecmctl.loss_config import apply_loss, apply_normed_head
 
-CUSTOM_IMPORTS = ["ecmctl.losses", "ecmctl.compat", "ecmctl.lvis_metric"]
+CUSTOM_IMPORTS = ["ecmctl.losses", "ecmctl.compat", "ecmctl.lvis_metric", "ecmctl.progress"]
 
 
 def mmdet_config_path(rel: str) -> Path:
@@ -121,6 +121,8 @@ def build_mm_config(cfg: DictConfig, classes: Sequence[str], work_dir: str | Pat
         sampler_seed=dict(type="DistSamplerSeedHook"),
         visualization=dict(type="DetVisualizationHook"))
     mm.log_processor = dict(type="LogProcessor", window_size=20, by_epoch=False)
+    mm.log_level = str(tr.log_level)
+    mm.custom_hooks = [dict(type="ecmctl.ProgressHook")] if tr.progress else []
     mm.visualizer = dict(type="DetLocalVisualizer",
                          vis_backends=[dict(type="LocalVisBackend"), dict(type="TensorboardVisBackend")])
     mm.randomness = dict(seed=int(cfg.seed), deterministic=False)
@@ -156,7 +158,7 @@ def make_runner(mm):
 
     from mmengine.runner import Runner
 
-    from ecmctl import compat, losses, lvis_metric  # noqa: F401  (registries, for in-memory configs too)
+    from ecmctl import compat, losses, lvis_metric, progress  # noqa: F401  (registries, in-memory configs too)
 
     compat.apply()
     mm.experiment_name = f"ecmctl-{uuid.uuid4().hex[:12]}"

@@ -25,6 +25,8 @@ def run_sweep(overrides: list[str], say=print) -> dict:
         from ecmctl.launch import SlurmTrainJob, slurm_executor
 
         runs = [training.prepare(c, j, say) for c, j in zip(cfgs, jobs)]
+        for r in runs:  # before submission: each job marks itself running, then finished
+            r.update(status="submitted")
         ex = slurm_executor(cfgs[0].launcher, cfgs[0].launcher.folder)
         with ex.batch():
             futures = [ex.submit(SlurmTrainJob(str(r.path))) for r in runs]

@@ -55,6 +55,9 @@ def resolve_weights(cfg: DictConfig, kind: str, counts_file: Path, counts: dict,
     for i, f in enumerate(files):
         check_weights(f, counts, with_background=kind != "one_stage")
         files[i] = str(run.save_input(f"weights_stage{i}" if stages > 1 else "weights", f))
+        calibration = Path(f).parent / "calibration.json"  # where `calibrate` wrote this file
+        if cfg.weights_file and calibration.is_file() and "calibration" not in run.meta.get("inputs", {}):
+            run.save_input("calibration", calibration)
     return files
 
 
@@ -102,7 +105,8 @@ def resume(run_dir: str | Path, say: Say = print) -> RunDir:
 def launch_run(run: RunDir, cfg: DictConfig, resume: bool, say: Say) -> RunDir:
     from ecmctl.launch import launch
 
-    run.update(status="running", started=now())
+    slurm = cfg.launcher.name == "slurm"  # the job marks itself running, then finished
+    run.update(status="submitted" if slurm else "running", **({} if slurm else {"started": now()}))
     try:
         launch(run.path, cfg, resume=resume, say=say)
     except BaseException:
@@ -110,13 +114,14 @@ def launch_run(run: RunDir, cfg: DictConfig, resume: bool, say: Say) -> RunDir:
         raise
     finally:
         run.unlock()
-    if cfg.launcher.name != "slurm":  # a SLURM job marks itself finished
+    if not slurm:
         run.update(status="finished", finished=now(), checkpoint=str(run.last_checkpoint()))
     return run
 
 
-def run_worker(run_dir: str | Path, resume: bool = False, launcher: str | None = None) -> None:
-    """Train in this process from the run's mmdet config (one rank under torchrun/SLURM)."""
+def run_worker(run_dir: str | Path, resume: bool = False, launcher: str | None = None, hooks=()) -> None:
+    """Train in this process from the run's mmdet config (one rank under torchrun/SLURM), with extra
+    mmengine hook objects (the SLURM job's requeue hook)."""
     from mmengine.config import Config
 
     from ecmctl.detector import make_runner
@@ -129,12 +134,18 @@ def run_worker(run_dir: str | Path, resume: bool = False, launcher: str | None =
         mm.launcher = launcher
     if mm.launcher != "none":
         _distributed_on_this_host(mm)
-    make_runner(mm).train()
+    runner = make_runner(mm)
+    for hook in hooks:
+        runner.register_hook(hook)
+    runner.train()
 
 
 def _distributed_on_this_host(mm) -> None:
     """NCCL on GPUs; on a CPU host gloo, a DDP without device_ids, and our own process-group init
-    (mmengine's pytorch launcher calls torch.cuda.set_device, which fails without CUDA)."""
+    (mmengine's pytorch and slurm launchers call torch.cuda.set_device, which fails without CUDA)."""
+    import os
+    import subprocess
+
     import torch
     import torch.distributed as dist
 
@@ -142,7 +153,15 @@ def _distributed_on_this_host(mm) -> None:
         return
     mm.env_cfg.dist_cfg = dict(backend="gloo")
     mm.model_wrapper_cfg = dict(type="MMDistributedDataParallel", device_ids=None, broadcast_buffers=False)
-    if mm.launcher == "pytorch" and not dist.is_initialized():
+    if mm.launcher == "slurm" and not dist.is_initialized():  # the environment mmengine's slurm launcher sets
+        env = os.environ
+        if "MASTER_ADDR" not in env:
+            hosts = subprocess.run(["scontrol", "show", "hostnames", env["SLURM_JOB_NODELIST"]],
+                                   capture_output=True, text=True, check=True).stdout.split()
+            env["MASTER_ADDR"] = hosts[0]
+        env.setdefault("MASTER_PORT", "29500")
+        env.update(WORLD_SIZE=env["SLURM_NTASKS"], RANK=env["SLURM_PROCID"], LOCAL_RANK=env["SLURM_LOCALID"])
+    if mm.launcher in ("pytorch", "slurm") and not dist.is_initialized():
         dist.init_process_group(backend="gloo")
 
 

@@ -116,6 +116,13 @@ def test_slurm_parameters_reach_sbatch(tmp_path):
                  "#SBATCH --gpus-per-node=4", "#SBATCH --account=lab", "#SBATCH --qos=high", "#SBATCH --mem=64GB",
                  "#SBATCH --time=4320", "#SBATCH --signal=USR2@90"):
         assert line in script, line
+    # a CPU-only node: no --gpus-per-node, one task per node unless tasks_per_node says otherwise
+    cpu = compose(["launcher=slurm", "launcher.gpus_per_node=0", "launcher.cpus_per_task=1"]).launcher
+    script = _make_sbatch_string(command="python -m x", folder=str(tmp_path), **slurm_parameters(cpu))
+    assert "#SBATCH --ntasks-per-node=1" in script and "#SBATCH --cpus-per-task=1" in script
+    assert "--gpus-per-node" not in script and "--gres" not in script
+    two = compose(["launcher=slurm", "launcher.gpus_per_node=0", "launcher.tasks_per_node=2"]).launcher
+    assert slurm_parameters(two)["ntasks_per_node"] == 2
 
 
 def test_local_sweep_runs_every_combination(overrides):
@@ -128,8 +135,10 @@ def test_local_sweep_runs_every_combination(overrides):
 
 
 def test_sweep_with_slurm_launcher_submits_a_job_array(overrides, tmp_path):
-    summary = run_sweep([*overrides, "launcher=slurm", f"launcher.folder={tmp_path / 'slurm'}",
-                         "detector=atss_tiny", "loss=bce", "seed=0,1", "train.max_iters=2"], say=lambda m: None)
+    """submitit's local executor (tests/test_slurm_cluster.py submits the same to a real SLURM)."""
+    summary = run_sweep([*overrides, "launcher=slurm", "launcher.cluster=local",
+                         f"launcher.folder={tmp_path / 'slurm'}", "detector=atss_tiny", "loss=bce", "seed=0,1",
+                         "train.max_iters=2"], say=lambda m: None)
     assert [j["status"] for j in summary["jobs"]] == ["submitted", "submitted"]
     deadline = time.time() + 300
     runs = [RunDir(j["run_dir"]) for j in summary["jobs"]]

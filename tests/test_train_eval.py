@@ -28,18 +28,20 @@ def _train(overrides, *extra):
 
 
 @pytest.mark.parametrize("detector, ious", [("faster_rcnn_tiny", ["bbox"]), ("atss_tiny", ["bbox"]),
-                                            ("mask_rcnn_tiny", ["bbox", "segm"])])
+                                            ("cascade_mask_rcnn_tiny", ["bbox", "segm"])])
 def test_train_then_eval_with_ecm(overrides, detector, ious):
     run = _train(overrides, f"detector={detector}", "loss=ecm")
     meta = run.meta
     assert meta["status"] == "finished" and meta["max_iters"] == 4
-    assert {"counts", "weights"} <= set(meta["inputs"]) and meta["versions"]["mmdet"] == "3.3.0"
+    weights = {f"weights_stage{i}" for i in range(3)} if "cascade" in detector else {"weights"}
+    assert {"counts", *weights} <= set(meta["inputs"]) and meta["versions"]["mmdet"] == "3.3.0"
     for f in ("config.yaml", "mmdet_config.py", "run.json", "last_checkpoint"):
         assert (run.path / f).is_file(), f
     assert finished_iters(run.path) == 4
     assert list(run.path.glob("*/vis_data/events.out.tfevents.*")), "TensorBoard scalars"
     mm_cfg = (run.path / "mmdet_config.py").read_text()
-    assert "ECMFocalLoss" in mm_cfg if detector == "atss_tiny" else "ECMLoss" in mm_cfg
+    expected_loss = "type='ECMFocalLoss'" if detector == "atss_tiny" else "type='ECMLoss'"
+    assert mm_cfg.count(expected_loss) == (3 if "cascade" in detector else 1)
     doc = evaluate(run.path, say=lambda m: None)
     on_disk = json.loads((run.path / "metrics.json").read_text())
     assert on_disk == doc and doc["schema"] == "ecmctl/metrics@1"
