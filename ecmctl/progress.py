@@ -41,7 +41,7 @@ class ProgressHook(Hook):
         if self._bar is not None:
             loss = (outputs or {}).get("loss")
             self._bar.update(self._task, completed=runner.iter + 1,
-                             loss=f"loss {float(loss):.3f}" if loss is not None else "")
+                             loss=f"loss {float(loss.detach()):.3f}" if loss is not None else "")
 
     def after_train(self, runner) -> None:
         self._stop()

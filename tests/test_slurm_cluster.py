@@ -1,0 +1,139 @@
+"""launcher=slurm against a real single-node SLURM (scripts/slurm-localhost.sh: slurmctld, slurmd and munge
+on this machine): sbatch through submitit, srun tasks, requeue on preemption with resume, job arrays.
+
+CI starts the cluster before the tests (.ci/run); without `sinfo` on PATH the module is skipped."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from ecmctl.runs import RunDir
+from ecmctl.sweep import run_sweep
+from ecmctl.train import finished_iters
+
+pytestmark = pytest.mark.slow
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = ROOT / "scripts" / "slurm-localhost.sh"
+CONF = Path("/etc/slurm/slurm.conf")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def slurm_cluster():
+    """The cluster of scripts/slurm-localhost.sh, (re)started if need be; never another SLURM's config."""
+    if shutil.which("sinfo") is None:
+        pytest.skip("no SLURM on this machine: run scripts/slurm-localhost.sh")
+    if CONF.is_file() and "written by scripts/slurm-localhost.sh" not in CONF.read_text().split("\n", 1)[0]:
+        pytest.skip(f"{CONF} belongs to another SLURM cluster: these tests only use scripts/slurm-localhost.sh's")
+    res = subprocess.run(["bash", str(SCRIPT)], capture_output=True, text=True, timeout=600)
+    if res.returncode != 0:
+        pytest.skip(f"scripts/slurm-localhost.sh exited {res.returncode}: {(res.stderr or res.stdout).strip()}")
+
+
+def _slurm(tmp_path: Path, *extra: str) -> list[str]:
+    return ["launcher=slurm", "launcher.gpus_per_node=0", "launcher.cpus_per_task=1", "launcher.partition=debug",
+            "launcher.timeout_min=10", f"launcher.folder={tmp_path / 'slurm'}", "detector=atss_tiny", "loss=bce",
+            *extra]
+
+
+def _submit(overrides: list[str], tmp_path: Path, *extra: str, name: str) -> tuple[str, RunDir, float]:
+    """`ecmctl train launcher=slurm …` in a subprocess: the job id, the run, and how long the command took."""
+    t0 = time.time()
+    res = subprocess.run([sys.executable, "-m", "ecmctl.cli", "train", *overrides, *_slurm(tmp_path, *extra),
+                          f"name={name}"], capture_output=True, text=True, timeout=300, cwd=ROOT)
+    took = time.time() - t0
+    assert res.returncode == 0, res.stdout + res.stderr
+    m = re.search(r"submitted slurm job (\d+)", res.stdout)
+    assert m, f"not submitted to SLURM:\n{res.stdout}"
+    (run_dir,) = list((tmp_path / "runs" / name).iterdir())
+    return m.group(1), RunDir(run_dir), took
+
+
+def _wait(run: RunDir, job_id: str, timeout: float = 300) -> dict:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        meta = run.meta
+        if meta.get("status") in ("finished", "failed"):
+            return meta
+        time.sleep(1)
+    state = subprocess.run(["scontrol", "show", "job", job_id.split("_")[0]], capture_output=True, text=True)
+    pytest.fail(f"{run.path} not finished after {timeout:.0f}s: status {run.meta.get('status')!r}\n{state.stdout}")
+
+
+def _logs(run: RunDir) -> list[str]:
+    """mmengine's logs of a run, one per start (first start first)."""
+    return [p.read_text() for p in sorted(run.path.glob("*/*.log"))]
+
+
+def test_train_submits_and_the_job_trains_under_slurm(overrides, tmp_path):
+    job_id, run, took = _submit(overrides, tmp_path, name="slurm")
+    assert took < 120, f"the command waited for the job ({took:.0f}s)"
+    assert run.meta["status"] in ("submitted", "running", "finished")
+    meta = _wait(run, job_id)
+    assert meta["status"] == "finished" and finished_iters(run.path) == 4
+    # the job, not the submitting command, trained: SLURM's environment reached it
+    assert meta["slurm_job"] == job_id and meta["slurm_restarts"] == 0
+    assert meta["slurm_node"] == socket.gethostname().split(".")[0]
+    out = (tmp_path / "slurm" / f"{job_id}_0_log.out").read_text()
+    assert "Job completed successfully" in out
+    assert "Distributed training: False" in _logs(run)[0]
+
+
+def test_preempted_job_requeues_and_resumes_from_its_checkpoint(overrides, tmp_path):
+    """SIGTERM then SIGUSR2 to the job's tasks is SLURM preemption as submitit handles it (SIGUSR2 alone is the
+    time limit's warning): checkpoint(), `scontrol requeue`, and the job starts again, resuming."""
+    max_iters = 20
+    job_id, run, _ = _submit(overrides, tmp_path, f"train.max_iters={max_iters}", "train.checkpoint_interval=2",
+                             "launcher.timeout_min=60", name="preempted")
+    deadline = time.time() + 300
+    while time.time() < deadline and not (run.path / "iter_2.pth").is_file():
+        time.sleep(0.2)
+    assert (run.path / "iter_2.pth").is_file(), f"no checkpoint after 300s: {run.meta}"
+    for sig in ("TERM", "USR2"):
+        subprocess.run(["scancel", f"--signal={sig}", job_id], check=True, timeout=30)
+    meta = _wait(run, job_id, timeout=420)  # a requeued job waits AuthInfo=cred_expire (30 s) to start again
+    assert meta["status"] == "finished" and finished_iters(run.path) == max_iters
+    assert meta["slurm_job"] == job_id and meta["slurm_restarts"] == 1, "the same job ran a second time"
+    out = (tmp_path / "slurm" / f"{job_id}_0_log.out").read_text()
+    assert "this job is preempted" in out and f"Requeued job {job_id}" in out
+    assert "triggered an exception" not in out, "the first start exited cleanly, between iterations"
+    first, second = _logs(run)
+    stopped = max(int(i) for i in re.findall(r"Iter\(train\) \[\s*(\d+)/", first))
+    assert stopped < max_iters
+    resumed = int(re.search(r"resumed epoch: \d+, iter: (\d+)", second).group(1))
+    assert 2 <= resumed <= stopped and resumed % 2 == 0, (resumed, stopped)
+    logged = [int(i) for i in re.findall(r"Iter\(train\) \[\s*(\d+)/", second)]
+    assert logged and logged[0] > resumed and logged[-1] == max_iters, logged  # goes on from the checkpoint
+
+
+def test_two_tasks_per_node_train_one_ddp_run_with_mmengine_slurm_launcher(overrides, tmp_path):
+    job_id, run, _ = _submit(overrides, tmp_path, "launcher.tasks_per_node=2", name="two_tasks")
+    meta = _wait(run, job_id)
+    assert meta["status"] == "finished" and finished_iters(run.path) == 4
+    (log,) = _logs(run)  # rank 0's
+    assert "Distributed launcher: slurm" in log and "Distributed training: True" in log
+    assert "GPU number: 2" in log and "Iter(train) [4/4]" in log  # mmengine calls the world size so
+
+
+def test_slurm_sweep_is_a_job_array(overrides, tmp_path):
+    summary = run_sweep([*overrides, *_slurm(tmp_path, "seed=0,1", "train.max_iters=2")], say=lambda m: None)
+    ids = [j["slurm_job"] for j in summary["jobs"]]
+    arrays = [re.fullmatch(r"(\d+)_(\d+)", i) for i in ids]
+    assert all(arrays) and len({m.group(1) for m in arrays}) == 1, ids
+    assert sorted(m.group(2) for m in arrays) == ["0", "1"]
+    for job in summary["jobs"]:
+        run = RunDir(job["run_dir"])
+        meta = _wait(run, job["slurm_job"])
+        assert meta["status"] == "finished" and meta["slurm_job"] == job["slurm_job"]
+        assert finished_iters(run.path) == 2
+    (sweep_json,) = list((tmp_path / "runs" / "sweeps" / "sweep").glob("*/sweep.json"))
+    assert json.loads(sweep_json.read_text())["jobs"] == summary["jobs"]
