@@ -159,7 +159,10 @@ def run_calibration(cfg, out_dir, say=print) -> dict:
 
     The calibration run trains with the sigmoid baseline when the chosen loss is ECM (its weights
     are what is being measured); the fg:bg mix is set by the RoI sampler and the proposals.
+    With launcher=torchrun it re-runs itself under torchrun and the ranks' counts are all-reduced;
+    with launcher=slurm it runs in this process (a short run, before the job is submitted).
     """
+    import os
     from pathlib import Path
 
     from omegaconf import OmegaConf
@@ -187,12 +190,16 @@ def run_calibration(cfg, out_dir, say=print) -> dict:
         wf = out / "weights.json"
         write_weights(counts_file, wf)
         result.update(iters=0, r=None, ci95=None, per_stage=[], trace=[], weights_files=[str(wf)])
+    elif cfg.launcher.name == "torchrun" and "LOCAL_RANK" not in os.environ:
+        return _under_torchrun(cfg, out, say)
     else:
         cal = cfg.copy()
         OmegaConf.update(cal, "train.max_iters", int(c.max_iters))
         OmegaConf.update(cal, "train.checkpoint_interval", int(c.max_iters) + 1)
         loss = cal.loss if cal.loss.type != "ecm" else OmegaConf.create({"name": "bce", "type": "bce"})
         mm = build_mm_config(cal, class_names(counts), out / "mmengine", loss=loss)
+        if mm.launcher == "slurm":
+            mm.launcher = "none"
         mm.default_hooks.checkpoint = None
         mm.default_hooks.pop("visualization")
         mm.visualizer.vis_backends = [dict(type="LocalVisBackend")]
@@ -220,3 +227,24 @@ def run_calibration(cfg, out_dir, say=print) -> dict:
     result["config"] = OmegaConf.to_container(cfg, resolve=True)
     atomic_write_json(out / "calibration.json", result)
     return result
+
+
+CALIBRATE_CONFIG = "calibrate_config.yaml"
+
+
+def _under_torchrun(cfg, out, say) -> dict:
+    """Run the calibration on every rank of a torchrun job; rank 0 writes calibration.json."""
+    import subprocess
+
+    from omegaconf import OmegaConf
+
+    from ecmctl.io import atomic_write_text, load_schema
+    from ecmctl.launch import torchrun_command
+    from ecmctl.schemas import CALIBRATION_SCHEMA
+
+    atomic_write_text(out / CALIBRATE_CONFIG, OmegaConf.to_yaml(cfg, resolve=True))
+    cmd = torchrun_command(out, cfg.launcher, resume=False) + ["--calibrate"]
+    say("calibrating under torchrun: " + " ".join(cmd))
+    if subprocess.run(cmd).returncode != 0:
+        raise RuntimeError("calibration under torchrun failed; see the ranks' output above")
+    return load_schema(out / "calibration.json", CALIBRATION_SCHEMA)

@@ -162,4 +162,31 @@ def make_runner(mm):
 
     compat.apply()
     mm.experiment_name = f"ecmctl-{uuid.uuid4().hex[:12]}"
+    if mm.launcher != "none":
+        _distributed_on_this_host(mm)
     return Runner.from_cfg(mm)
+
+
+def _distributed_on_this_host(mm) -> None:
+    """NCCL on GPUs; on a CPU host gloo, a DDP without device_ids, and our own process-group init
+    (mmengine's pytorch and slurm launchers call torch.cuda.set_device, which fails without CUDA)."""
+    import os
+    import subprocess
+
+    import torch
+    import torch.distributed as dist
+
+    if torch.cuda.is_available():
+        return
+    mm.env_cfg.dist_cfg = dict(backend="gloo")
+    mm.model_wrapper_cfg = dict(type="MMDistributedDataParallel", device_ids=None, broadcast_buffers=False)
+    if mm.launcher == "slurm" and not dist.is_initialized():  # the environment mmengine's slurm launcher sets
+        env = os.environ
+        if "MASTER_ADDR" not in env:
+            hosts = subprocess.run(["scontrol", "show", "hostnames", env["SLURM_JOB_NODELIST"]],
+                                   capture_output=True, text=True, check=True).stdout.split()
+            env["MASTER_ADDR"] = hosts[0]
+        env.setdefault("MASTER_PORT", "29500")
+        env.update(WORLD_SIZE=env["SLURM_NTASKS"], RANK=env["SLURM_PROCID"], LOCAL_RANK=env["SLURM_LOCALID"])
+    if mm.launcher in ("pytorch", "slurm") and not dist.is_initialized():
+        dist.init_process_group(backend="gloo")

@@ -49,7 +49,6 @@ def run_test(run_dir: str | Path, checkpoint: str | Path, cfg) -> dict:
     from mmengine.config import Config
 
     from ecmctl.detector import make_runner, set_test_protocol
-    from ecmctl.train import _distributed_on_this_host
 
     run_dir = Path(run_dir)
     mm = Config.fromfile(str(run_dir / MM_CONFIG))
@@ -58,8 +57,6 @@ def run_test(run_dir: str | Path, checkpoint: str | Path, cfg) -> dict:
     mm.test_evaluator.classwise = True  # per-class AP feeds metrics.json and the report
     set_test_protocol(mm.model, float(cfg.eval.score_thr), int(cfg.eval.max_per_img))
     mm.launcher = {"local": "none", "torchrun": "pytorch", "slurm": "slurm"}[cfg.launcher.name]
-    if mm.launcher != "none":
-        _distributed_on_this_host(mm)
     mm.visualizer.vis_backends = [dict(type="LocalVisBackend")]
     return make_runner(mm).test()
 

@@ -109,3 +109,22 @@ def test_counts_file_of_another_dataset_is_refused(overrides, tmp_path):
     other.write_text(json.dumps(counts))
     res = CliRunner().invoke(app, ["calibrate", *overrides, f"counts_file={other}", "-o", str(tmp_path / "c")])
     assert res.exit_code == 2 and "categories (ids or order) differ" in res.output
+
+
+def test_stops_early_once_the_interval_is_tight(overrides, tmp_path):
+    cfg = compose([*overrides, "detector=faster_rcnn_tiny", "calibrate.max_iters=40", "calibrate.min_iters=3",
+                   "calibrate.rel_tol=0.5"])
+    res = run_calibration(cfg, tmp_path / "cal")
+    lo, hi = res["ci95"]
+    assert 3 <= res["iters"] < 40 and (hi - lo) / 2 <= 0.5 * res["r"]
+
+
+def test_torchrun_calibration_all_reduces_the_ranks_counts(overrides, tmp_path):
+    """Two gloo ranks: every iteration counts both ranks' sampled RoIs (2 ranks x 2 images x 128)."""
+    single = run_calibration(compose([*overrides, "detector=faster_rcnn_tiny"]), tmp_path / "one")
+    assert {fg + bg for fg, bg in single["trace"]} == {2 * 128}
+    res = CliRunner().invoke(app, ["calibrate", *overrides, "detector=faster_rcnn_tiny", "launcher=torchrun",
+                                   "launcher.nproc_per_node=2", "calibrate.min_iters=4", "-o", str(tmp_path / "two")])
+    assert res.exit_code == 0, res.output
+    doc = json.loads((tmp_path / "two" / "calibration.json").read_text())
+    assert len(doc["trace"]) == 4 and {fg + bg for fg, bg in doc["trace"]} == {2 * 2 * 128}
