@@ -125,3 +125,22 @@ def test_weights_file_of_another_dataset_fails_fast(overrides, tmp_path):
     res = CliRunner().invoke(app, ["train", *overrides, "detector=atss_tiny", "loss=ecm", f"weights_file={w}"])
     assert res.exit_code == 2 and "differ from the dataset's 8 classes" in res.output
     assert time.time() - t0 < 30
+
+
+def test_repeat_factor_sampling_oversamples_rare_images(overrides, tmp_path):
+    """dataset.rfs_thr wraps the train set in mmdet's ClassBalancedDataset (the paper's RFS, 1e-3 on LVIS)."""
+    from mmdet.registry import DATASETS
+    from mmdet.utils import register_all_modules
+
+    from ecmctl.detector import build_mm_config
+    from ecmctl.stages import class_names, ensure_counts
+
+    register_all_modules()
+    cfg = compose([*overrides, "dataset.rfs_thr=0.3", "loss=bce"])
+    _, counts = ensure_counts(cfg)
+    mm = build_mm_config(cfg, class_names(counts), tmp_path)
+    ds_cfg = mm.train_dataloader.dataset
+    assert ds_cfg.type == "ClassBalancedDataset" and ds_cfg.oversample_thr == 0.3
+    balanced = DATASETS.build(ds_cfg)
+    plain = DATASETS.build(ds_cfg.dataset)
+    assert len(balanced) > len(plain)
