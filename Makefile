@@ -9,6 +9,9 @@ WHEEL_FLAGS := $(if $(wildcard $(WHEELS)/*.whl),--find-links $(WHEELS),)
 # mmcv 2.1.0 from the sdist: ops on CPU, no -g (halves build time), no build isolation (builds against our torch).
 MMCV_ENV := MMCV_WITH_OPS=1 FORCE_CUDA=0 MAX_JOBS=2 CFLAGS="-DNDEBUG -O3 -g0 -fwrapv -Wall"
 STAMP := $(VENV)/.installed
+# mmcv's setup.py and mmengine's mmdet:: config loader import pkg_resources, gone in setuptools>=81;
+# torch pulls the newest setuptools, so every install step repeats the pin.
+PIN := "setuptools<81"
 DEMO_DIR ?= runs/demo
 
 .PHONY: install test lint demo bench clean
@@ -17,10 +20,10 @@ install: $(STAMP)
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || python3 -m venv $(VENV)
-	$(PIP) install -q "pip>=24" "setuptools<81" wheel
-	$(PIP) install -q torch==2.13.0
-	$(PY) -c "import mmcv.ops" 2>/dev/null || $(MMCV_ENV) $(PIP) install -q --no-build-isolation $(WHEEL_FLAGS) mmcv==2.1.0
-	$(PIP) install -q -e ".[dev]"
+	$(PIP) install -q "pip>=24" $(PIN) wheel
+	$(PIP) install -q torch==2.13.0 $(PIN)
+	$(PY) -c "import mmcv.ops" 2>/dev/null || $(MMCV_ENV) $(PIP) install -q --no-build-isolation $(WHEEL_FLAGS) mmcv==2.1.0 $(PIN)
+	$(PIP) install -q -e ".[dev]" $(PIN)
 	$(PY) -c "import mmcv.ops, mmdet, lvis, ecmctl" && touch $(STAMP)
 
 test: install
