@@ -49,14 +49,13 @@ def converged(trace: np.ndarray, min_iters: int, rel_tol: float, n_boot: int) ->
     return math.isfinite(r) and r > 0 and (hi - lo) / 2 <= rel_tol * r
 
 
-def loss_modules(model: torch.nn.Module) -> list[torch.nn.Module]:
-    """The RoI classification losses in stage order (one per Cascade stage); [] for dense heads."""
+def roi_bbox_heads(model: torch.nn.Module) -> list[torch.nn.Module]:
+    """The built RoI box heads in stage order (one per Cascade stage); [] for dense heads."""
     model = getattr(model, "module", model)
     roi = getattr(model, "roi_head", None)
     if roi is None:
         return []
-    heads = roi.bbox_head if isinstance(roi.bbox_head, torch.nn.ModuleList) else [roi.bbox_head]
-    return [h.loss_cls for h in heads]
+    return list(roi.bbox_head) if isinstance(roi.bbox_head, torch.nn.ModuleList) else [roi.bbox_head]
 
 
 class LabelCounter:
@@ -100,15 +99,11 @@ class CalibrationHook(Hook):
         self._bar = None
 
     def before_train(self, runner) -> None:
-        model = runner.model
-        losses = loss_modules(model)
-        inner = getattr(model, "module", model)
-        num_classes = inner.roi_head.bbox_head[0].num_classes if losses and isinstance(
-            inner.roi_head.bbox_head, torch.nn.ModuleList) else (inner.roi_head.bbox_head.num_classes
-                                                                 if losses else 0)
-        self.counters = [LabelCounter(num_classes) for _ in losses]
-        self.handles = [m.register_forward_pre_hook(c, with_kwargs=True) for m, c in zip(losses, self.counters)]
-        self.traces = [[] for _ in losses]
+        heads = roi_bbox_heads(runner.model)
+        self.counters = [LabelCounter(h.num_classes) for h in heads]
+        self.handles = [h.loss_cls.register_forward_pre_hook(c, with_kwargs=True)
+                        for h, c in zip(heads, self.counters)]
+        self.traces = [[] for _ in heads]
         if self.progress and runner.rank == 0:
             from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
