@@ -12,6 +12,9 @@ Fixes:
     objects with numpy arrays/scalars; exactly those globals are allow-listed (`CHECKPOINT_SAFE_GLOBALS`).
   * mmdet's LVISMetric sets ``params.imgIds`` (pycocotools' name) that lvis-api never reads, so a subset of
     images is scored against every image of ``ann_file``: `SubsetLVISMetric`, type ``'ecmctl.LVISMetric'``.
+  * mmdet's full-size configs start from ``torchvision://resnet50``; mmengine imports torchvision just to
+    look up its URL, and torchvision is not installed (PyPI's build does not load beside the CPU torch):
+    without torchvision the URL comes from mmengine's own shipped table.
 Not needed here: mmdet's CocoMetric wants ``iscrowd`` on LVIS annotations, but ecmctl evaluates LVIS-format
 data with ``ecmctl.LVISMetric`` only.
 """
@@ -184,6 +187,34 @@ def _register_lvis_metric() -> None:
         scoped.register_module(name="LVISMetric", module=SubsetLVISMetric, force=True)
 
 
+# --- d. torchvision:// checkpoints without torchvision ---------------------------------------------------
+
+
+def _torchvision_models_without_torchvision() -> dict:
+    """mmengine's own URL table for ``torchvision://NAME`` (it ships hub/torchvision_0.12.json)."""
+    import os.path as osp
+
+    import mmengine
+
+    try:
+        import torchvision  # noqa: F401
+    except ImportError:
+        return mmengine.load(osp.join(mmengine.__path__[0], "hub", "torchvision_0.12.json"))
+    return _ORIGINAL_TORCHVISION_MODELS()
+
+
+def _resolve_torchvision_urls() -> None:
+    global _ORIGINAL_TORCHVISION_MODELS
+    from mmengine.runner import checkpoint
+
+    if checkpoint.get_torchvision_models is not _torchvision_models_without_torchvision:
+        _ORIGINAL_TORCHVISION_MODELS = checkpoint.get_torchvision_models
+        checkpoint.get_torchvision_models = _torchvision_models_without_torchvision
+
+
+_ORIGINAL_TORCHVISION_MODELS = None
+
+
 # --- all of them ----------------------------------------------------------------------------------------
 
 
@@ -192,6 +223,7 @@ def apply() -> None:
     _fix_lvis_np_float()  # lvis 0.5.3 LVISEval.accumulate uses np.float, gone since numpy 1.24
     _allow_mmengine_checkpoint_globals()  # torch>=2.6 weights_only load rejects mmengine's HistoryBuffer
     _register_lvis_metric()  # mmdet sets params.imgIds, lvis reads img_ids: a subset is scored as all images
+    _resolve_torchvision_urls()  # mmdet's R50 configs init from torchvision://, which imports torchvision
 
 
 apply()

@@ -270,3 +270,18 @@ def test_lvis_metric_without_any_detection_reports_zero(gt_file):
     assert res["lvis/bbox_AP"] == 0.0
     assert set(res) == {f"lvis/bbox_{k}" for k in ("AP", "AP50", "AP75", "APs", "APm", "APl", "APr", "APc",
                                                     "APf")}
+
+
+def test_torchvision_checkpoint_urls_resolve_without_torchvision():
+    """mmdet's R50 configs start from torchvision://resnet50; torchvision is not part of this stack."""
+    import importlib.util
+
+    from mmengine.runner import checkpoint
+
+    assert importlib.util.find_spec("torchvision") is None
+    original = compat._ORIGINAL_TORCHVISION_MODELS
+    with pytest.raises(ModuleNotFoundError, match="torchvision"):
+        original()  # mmengine's own lookup
+    compat.apply()
+    urls = checkpoint.get_torchvision_models()
+    assert urls["resnet50"].startswith("https://download.pytorch.org/models/resnet50-")
