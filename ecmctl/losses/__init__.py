@@ -6,6 +6,6 @@ and ``loss_cls=dict(type='ECMLoss', weights_file=...)`` (RoI heads) or
 """
 
 from ecmctl.losses.ecm_focal_loss import ECMFocalLoss, ecm_focal_loss
-from ecmctl.losses.ecm_loss import ECMLoss, ecm_roi_loss, load_class_weights
+from ecmctl.losses.ecm_loss import ECMLoss, attach_class_weights, ecm_roi_loss
 
-__all__ = ["ECMLoss", "ECMFocalLoss", "ecm_roi_loss", "ecm_focal_loss", "load_class_weights"]
+__all__ = ["ECMLoss", "ECMFocalLoss", "ecm_roi_loss", "ecm_focal_loss", "attach_class_weights"]

@@ -19,7 +19,7 @@ from mmdet.registry import MODELS
 from torch import Tensor
 
 from ecmctl.errors import UserError
-from ecmctl.losses.ecm_loss import autocast_off, full_precision, load_class_weights
+from ecmctl.losses.ecm_loss import attach_class_weights, autocast_off, full_precision
 
 
 def ecm_focal_loss(pred: Tensor, target: Tensor, bias: Tensor, det_weight: Tensor, gamma: float = 2.0,
@@ -60,23 +60,18 @@ class ECMFocalLoss(nn.Module):
             raise UserError("ECMFocalLoss is a sigmoid focal loss: set use_sigmoid=True in loss_cls")
         if reduction not in ("none", "mean", "sum"):
             raise UserError(f"ECMFocalLoss: reduction must be 'none', 'mean' or 'sum', got {reduction!r}")
-        path, cw, bias, det_weight = load_class_weights(weights_file)
+        cw = attach_class_weights(self, weights_file)  # C entries, foreground only
         if cw.has_background:
             raise UserError(
-                f"{path}: this weights file has a background class ({cw.num_foreground} foreground + "
+                f"{self.weights_file}: this weights file has a background class ({cw.num_foreground} foreground + "
                 "background), but ECMFocalLoss (one-stage heads) counts foreground classes only; "
                 "regenerate it without --bg-ratio (`ecmctl weights COUNTS -o weights_fg.json`), or use "
                 "ECMLoss for a two-stage RoI head")
-        self.weights_file = path
-        self.num_classes = cw.num_foreground
-        self.class_names = list(cw.names)
         self.use_sigmoid = True
         self.gamma = float(gamma)
         self.alpha = float(alpha)
         self.loss_weight = float(loss_weight)
         self.reduction = reduction
-        self.register_buffer("bias", bias, persistent=False)  # log w⁺ − log w⁻, C
-        self.register_buffer("det_weight", det_weight, persistent=False)  # m, C
 
     def extra_repr(self) -> str:
         return (f"weights_file={self.weights_file!r}, num_classes={self.num_classes}, gamma={self.gamma}, "

@@ -35,11 +35,9 @@ from ecmctl.weights import ClassWeights, load_weights
 _LOW_PRECISION = (torch.float16, torch.bfloat16)
 
 
-def load_class_weights(weights_file: str | os.PathLike) -> tuple[str, ClassWeights, Tensor, Tensor]:
-    """Read a weights file once: (path, ClassWeights, bias = log w⁺ − log w⁻, detection weight m).
-
-    The two tensors are float32 and are meant to be registered as buffers of the loss module.
-    """
+def attach_class_weights(loss: nn.Module, weights_file: str | os.PathLike) -> ClassWeights:
+    """Read a weights file once into `loss`: its path, class count and names, and the float32 buffers
+    ``bias`` = log w⁺ − log w⁻ and ``det_weight`` = m (non-persistent: always from the file)."""
     if weights_file is None or str(weights_file) == "":
         raise UserError("the ECM loss needs weights_file=...: make one with `ecmctl weights COUNTS "
                         "[--bg-ratio R] -o weights.json` and pass its path in loss_cls")
@@ -50,7 +48,12 @@ def load_class_weights(weights_file: str | os.PathLike) -> tuple[str, ClassWeigh
     if not (torch.isfinite(bias).all() and torch.isfinite(det_weight).all()):
         raise UserError(f"{path}: log_w_pos, log_w_neg or det_weight holds a non-finite value; "
                         "regenerate it with `ecmctl weights`")
-    return path, cw, bias, det_weight
+    loss.weights_file = path
+    loss.num_classes = cw.num_foreground
+    loss.class_names = list(cw.names)
+    loss.register_buffer("bias", bias, persistent=False)
+    loss.register_buffer("det_weight", det_weight, persistent=False)
+    return cw
 
 
 def full_precision(x: Tensor) -> Tensor:
@@ -127,21 +130,17 @@ class ECMLoss(nn.Module):
             raise UserError(f"ECMLoss: reduction must be 'none', 'mean' or 'sum', got {reduction!r}")
         if not use_sigmoid:
             raise UserError("ECMLoss is a sigmoid loss: drop use_sigmoid=False from loss_cls")
-        path, cw, bias, det_weight = load_class_weights(weights_file)
+        cw = attach_class_weights(self, weights_file)  # C + 1 entries, background last
         if not cw.has_background:
             raise UserError(
-                f"{path}: this weights file has no background class ({len(cw.names)} foreground classes), "
-                "but ECMLoss (RoI heads) needs one; regenerate it with a background ratio, e.g. "
+                f"{self.weights_file}: this weights file has no background class "
+                f"({len(cw.names)} foreground classes), but ECMLoss (RoI heads) needs one; regenerate it "
+                "with a background ratio, e.g. "
                 "`ecmctl weights COUNTS --bg-ratio 6.3313 -o weights.json`, or use ECMFocalLoss for a "
                 "one-stage (dense) head")
-        self.weights_file = path
-        self.num_classes = cw.num_foreground
-        self.class_names = list(cw.names)
         self.loss_weight = float(loss_weight)
         self.reduction = reduction
         self.use_sigmoid = True
-        self.register_buffer("bias", bias, persistent=False)  # log w⁺ − log w⁻, C + 1
-        self.register_buffer("det_weight", det_weight, persistent=False)  # m, C + 1
         # the attributes mmdet's BBoxHead / CascadeRoIHead look for (as for SeesawLoss)
         self.custom_cls_channels = True
         self.custom_activation = True
