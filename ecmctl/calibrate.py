@@ -149,13 +149,14 @@ def summarize(traces: Sequence[np.ndarray], n_boot: int = 1000) -> list[dict]:
     return out
 
 
-def run_calibration(cfg, out_dir, say=print) -> dict:
+def run_calibration(cfg, out_dir, say=print, counts=None) -> dict:
     """`ecmctl calibrate`: measure r per RoI stage, then write calibration.json and the weights file(s).
 
     The calibration run trains with the sigmoid baseline when the chosen loss is ECM (its weights
     are what is being measured); the fg:bg mix is set by the RoI sampler and the proposals.
     With launcher=torchrun it re-runs itself under torchrun and the ranks' counts are all-reduced;
     with launcher=slurm it runs in this process (a short run, before the job is submitted).
+    `counts` is `ensure_counts`' (path, document) when the caller already has it (no second hash).
     """
     import os
     from pathlib import Path
@@ -174,7 +175,7 @@ def run_calibration(cfg, out_dir, say=print) -> dict:
     if int(c.max_iters) <= 0:
         raise UserError(f"calibrate.max_iters must be > 0, got {c.max_iters}")
     kind = detector_kind(base_config(cfg).model)
-    counts_file, counts = ensure_counts(cfg, say)
+    counts_file, counts = counts or ensure_counts(cfg, say)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     result = {"schema": CALIBRATION_SCHEMA, "detector": cfg.detector.name, "dataset": cfg.dataset.name,

@@ -51,9 +51,9 @@ def run_demo(overrides: list[str] = (), say=print) -> dict:
     with clock.stage("synth"):
         ensure_dataset(cfg, say)
     with clock.stage("count"):
-        counts_file, _ = ensure_counts(cfg, say)
+        counts_file, counts = ensure_counts(cfg, say)
     with clock.stage("calibrate"):
-        cal = run_calibration(cfg, out / "calibration", say)
+        cal = run_calibration(cfg, out / "calibration", say, counts=(counts_file, counts))
     runs: dict[str, list[str]] = {"ecm": [], "bce": []}
     metrics: dict[str, list[dict]] = {"ecm": [], "bce": []}
     for seed in list(base.demo.seeds):

@@ -47,7 +47,7 @@ def resolve_weights(cfg: DictConfig, kind: str, counts_file: Path, counts: dict,
 
         say("loss=ecm has no weights_file: running `ecmctl calibrate` first"
             + (" (one-stage: foreground-only weights)" if kind == "one_stage" else ""))
-        cal = run_calibration(cfg, run.path / "calibration", say)
+        cal = run_calibration(cfg, run.path / "calibration", say, counts=(counts_file, counts))
         run.save_input("calibration", run.path / "calibration" / "calibration.json")
         files = cal["weights_files"]
     if len(files) != stages:
