@@ -35,8 +35,9 @@ def main(argv=None) -> None:
 
     from mmdet.models.losses import CrossEntropyLoss, SeesawLoss
 
+    from ecmctl.dataset.lvis import builtin_counts
+    from ecmctl.ecm.weights import weights_document
     from ecmctl.losses import ECMLoss
-    from ecmctl.weights import builtin_counts, weights_document
 
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     counts = builtin_counts("lvis_v1")

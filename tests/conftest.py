@@ -7,7 +7,7 @@ import pytest
 
 @pytest.fixture(scope="session")
 def data_root(tmp_path_factory):
-    from ecmctl.synth import make_dataset
+    from ecmctl.dataset.synth import make_dataset
 
     root = tmp_path_factory.mktemp("data")
     make_dataset(root / "synth", num_classes=8, train_images=48, val_images=16, image_size=96, seed=0)

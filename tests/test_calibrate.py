@@ -10,10 +10,11 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from ecmctl.calibrate import bootstrap_ci, converged, ratio, run_calibration
 from ecmctl.cli import app
-from ecmctl.config import compose
-from ecmctl.weights import weights_document
+from ecmctl.core.config import compose
+from ecmctl.ecm.background import bootstrap_ci, converged, ratio
+from ecmctl.ecm.weights import weights_document
+from ecmctl.pipeline.calibrate import run_calibration
 
 pytestmark = pytest.mark.slow
 
@@ -42,17 +43,17 @@ def test_two_stage_r_trace_and_weights(overrides, tmp_path):
     out = tmp_path / "w.json"
     cli = CliRunner().invoke(app, ["weights", doc["counts_file"], "--bg-ratio", repr(doc["r"]), "-o", str(out)])
     assert cli.exit_code == 0, cli.output
-    assert json.loads(out.read_text()) == json.loads(Path(res["weights_files"][0]).read_text())
+    assert json.loads(out.read_text()) == json.loads(Path(res.weights_files[0]).read_text())
     assert doc["config"]["detector"]["name"] == "faster_rcnn_tiny"
 
 
 def test_cascade_gets_one_r_per_stage(overrides, tmp_path):
     cfg = compose([*overrides, "detector=cascade_mask_rcnn_tiny"])
     res = run_calibration(cfg, tmp_path / "cal")
-    assert [s["stage"] for s in res["per_stage"]] == [0, 1, 2]
-    assert all(s["r"] > 0 and s["iters"] == 4 for s in res["per_stage"])
-    assert [p.rsplit("/", 1)[1] for p in res["weights_files"]] == [f"weights_stage{i}.json" for i in range(3)]
-    for st, path in zip(res["per_stage"], res["weights_files"]):
+    assert [s["stage"] for s in res.per_stage] == [0, 1, 2]
+    assert all(s["r"] > 0 and s["iters"] == 4 for s in res.per_stage)
+    assert [p.rsplit("/", 1)[1] for p in res.weights_files] == [f"weights_stage{i}.json" for i in range(3)]
+    for st, path in zip(res.per_stage, res.weights_files):
         w = json.loads(Path(path).read_text())
         assert w["bg_ratio"] == st["r"] and w["classes"][-1]["name"] == "__background__"
 
@@ -60,16 +61,17 @@ def test_cascade_gets_one_r_per_stage(overrides, tmp_path):
 def test_one_stage_gets_foreground_only_weights(overrides, tmp_path):
     cfg = compose([*overrides, "detector=atss_tiny"])
     res = run_calibration(cfg, tmp_path / "cal")
-    assert res["r"] is None and res["iters"] == 0
-    w = json.loads(Path(res["weights_files"][0]).read_text())
+    assert res.r is None and res.iters == 0
+    w = json.loads(Path(res.weights_files[0]).read_text())
     assert w["bg_ratio"] is None and all(c["name"] != "__background__" for c in w["classes"])
-    counts = json.loads(Path(res["counts_file"]).read_text())
+    counts = json.loads(Path(res.counts_file).read_text())
     assert w == weights_document(counts, w["counts_sha256"], None)
 
 
 def _losses(overrides, tmp_path, observe: bool) -> list[float]:
-    from ecmctl.detector import build_mm_config, make_runner
-    from ecmctl.stages import class_names, ensure_counts
+    from ecmctl.engine.builder import build_mm_config
+    from ecmctl.engine.runner import make_runner
+    from ecmctl.pipeline.prepare import class_names, ensure_counts
 
     cfg = compose([*overrides, "detector=faster_rcnn_tiny", "loss=bce", "train.max_iters=3"])
     _, counts = ensure_counts(cfg)
@@ -115,14 +117,14 @@ def test_stops_early_once_the_interval_is_tight(overrides, tmp_path):
     cfg = compose([*overrides, "detector=faster_rcnn_tiny", "calibrate.max_iters=40", "calibrate.min_iters=3",
                    "calibrate.rel_tol=0.5"])
     res = run_calibration(cfg, tmp_path / "cal")
-    lo, hi = res["ci95"]
-    assert 3 <= res["iters"] < 40 and (hi - lo) / 2 <= 0.5 * res["r"]
+    lo, hi = res.ci95
+    assert 3 <= res.iters < 40 and (hi - lo) / 2 <= 0.5 * res.r
 
 
 def test_torchrun_calibration_all_reduces_the_ranks_counts(overrides, tmp_path):
     """Two gloo ranks: every iteration counts both ranks' sampled RoIs (2 ranks x 2 images x 128)."""
     single = run_calibration(compose([*overrides, "detector=faster_rcnn_tiny"]), tmp_path / "one")
-    assert {fg + bg for fg, bg in single["trace"]} == {2 * 128}
+    assert {fg + bg for fg, bg in single.trace} == {2 * 128}
     res = CliRunner().invoke(app, ["calibrate", *overrides, "detector=faster_rcnn_tiny", "launcher=torchrun",
                                    "launcher.nproc_per_node=2", "calibrate.min_iters=4", "-o", str(tmp_path / "two")])
     assert res.exit_code == 0, res.output

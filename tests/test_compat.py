@@ -1,4 +1,4 @@
-"""ecmctl.compat: each workaround is shown to be needed (failure without it), then to work."""
+"""ecmctl.engine.compat: each workaround is shown to be needed (failure without it), then to work."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-from ecmctl import compat
+from ecmctl.engine import compat
 
 # --- a small LVIS-format ground truth -------------------------------------------------------------------
 

@@ -8,10 +8,10 @@ from mmdet.utils import register_all_modules
 from typer.testing import CliRunner
 
 from ecmctl.cli import app
-from ecmctl.config import choices, compose, expand_sweep
-from ecmctl.detector import base_config, build_mm_config
-from ecmctl.errors import UserError
-from ecmctl.loss_config import apply_loss, detector_kind, roi_bbox_heads
+from ecmctl.core.config import choices, compose, expand_sweep
+from ecmctl.core.errors import UserError
+from ecmctl.engine.builder import base_config, build_mm_config
+from ecmctl.losses.placement import apply_loss, detector_kind, roi_bbox_heads
 
 CLASSES = [f"class{i}" for i in range(6)]
 DETECTORS = choices("detector")
@@ -105,7 +105,7 @@ def test_normed_head_recipe():
 @pytest.mark.parametrize("detector", DETECTORS)
 def test_every_detector_builds_with_ecm(detector, tmp_path):
     """Each config in conf/detector/ with loss=ecm builds into a real mmdet model."""
-    from ecmctl.weights import weights_document
+    from ecmctl.ecm.weights import weights_document
 
     register_all_modules()
     import ecmctl.losses  # noqa: F401  (registers ECMLoss/ECMFocalLoss)

@@ -13,18 +13,18 @@ from hypothesis import strategies as st
 from rich.console import Console
 from typer.testing import CliRunner
 
-from ecmctl import counting
 from ecmctl.cli import app
-from ecmctl.counting import (
+from ecmctl.cli.render import counts_tables as summary_tables
+from ecmctl.core.errors import UserError
+from ecmctl.dataset import counting
+from ecmctl.dataset.counting import (
     COUNTS_SCHEMA,
     _counts_document,
-    _Scanner,
     count_annotations,
     frequency_group,
-    summary_tables,
     write_counts,
 )
-from ecmctl.errors import UserError
+from ecmctl.dataset.jsonscan import Scanner as _Scanner
 
 ROOT = Path(__file__).resolve().parents[1]
 runner = CliRunner()

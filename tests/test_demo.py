@@ -36,7 +36,7 @@ def test_reduced_demo_and_report(overrides, tmp_path):
     rep = tmp_path / "report"
     res = CliRunner().invoke(app, ["report", *map(str, runs), "-o", str(rep)])
     assert res.exit_code == 0, res.output
-    from ecmctl.report import TITLES
+    from ecmctl.pipeline.report import TITLES
 
     for name in ("weights", "margins", "ap_by_group", "ap_per_class", "loss"):
         with Image.open(rep / f"{name}.png") as im:

@@ -8,8 +8,8 @@ import pytest
 from typer.testing import CliRunner
 
 from ecmctl.cli import app
-from ecmctl.config import compose
-from ecmctl.train import train
+from ecmctl.core.config import compose
+from ecmctl.pipeline.train import train
 
 pytestmark = pytest.mark.slow
 

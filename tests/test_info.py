@@ -1,4 +1,4 @@
-"""ecmctl.info and `ecmctl info`."""
+"""ecmctl.core.environment and `ecmctl info`."""
 
 from __future__ import annotations
 
@@ -8,7 +8,8 @@ import pytest
 from rich.console import Console
 from typer.testing import CliRunner
 
-from ecmctl.info import PACKAGES, _mmcv_ops, collect_info, info_table
+from ecmctl.cli.render import info_table
+from ecmctl.core.environment import PACKAGES, _mmcv_ops, collect_info
 
 
 @pytest.fixture(scope="module")

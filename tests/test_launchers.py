@@ -14,11 +14,13 @@ import pytest
 from typer.testing import CliRunner
 
 from ecmctl.cli import app
-from ecmctl.config import compose
-from ecmctl.launch import SlurmTrainJob, slurm_executor, slurm_parameters, torchrun_command
-from ecmctl.runs import RunDir
-from ecmctl.sweep import run_sweep
-from ecmctl.train import finished_iters, prepare
+from ecmctl.core.config import compose
+from ecmctl.core.runs import RunDir
+from ecmctl.launch import Task, train_task
+from ecmctl.launch.slurm import SlurmJob, slurm_executor, slurm_parameters
+from ecmctl.launch.torchrun import torchrun_command
+from ecmctl.pipeline.sweep import run_sweep
+from ecmctl.pipeline.train import finished_iters, prepare
 
 pytestmark = pytest.mark.slow
 
@@ -29,11 +31,12 @@ def _run_root(overrides) -> Path:
 
 def test_torchrun_command_forms():
     single = compose(["launcher=torchrun", "launcher.nproc_per_node=4"]).launcher
-    cmd = torchrun_command(Path("R"), single, resume=True)
-    assert "--standalone" in cmd and "--nproc_per_node=4" in cmd and cmd[-3:] == ["ecmctl.worker", "R", "--resume"]
+    cmd = torchrun_command(train_task("R", resume=True), single)
+    assert "--standalone" in cmd and "--nproc_per_node=4" in cmd and cmd[-2] == "ecmctl.launch.worker"
+    assert Task.from_json(cmd[-1]) == train_task("R", resume=True)
     multi = compose(["launcher=torchrun", "launcher.nnodes=2", "launcher.node_rank=1",
                      "launcher.rdzv_endpoint=host0:29400"]).launcher
-    cmd = torchrun_command(Path("R"), multi, resume=False)
+    cmd = torchrun_command(train_task("R"), multi)
     assert {"--nnodes=2", "--node_rank=1", "--rdzv_endpoint=host0:29400", "--rdzv_backend=c10d"} <= set(cmd)
 
 
@@ -59,7 +62,7 @@ def _worker_pids(marker: str) -> list[int]:
                 cmd = (proc / "cmdline").read_bytes().decode(errors="replace")
             except OSError:
                 continue
-            if "ecmctl.worker" in cmd and marker in cmd and "torch.distributed.run" not in cmd:
+            if "ecmctl.launch.worker" in cmd and marker in cmd and "torch.distributed.run" not in cmd:
                 pids.append(int(proc.name))
     return pids
 
@@ -96,12 +99,12 @@ def test_slurm_job_runs_through_submitit_and_requeues_with_resume(overrides, tmp
     run = prepare(cfg, [], say=lambda m: None)
     run.unlock()
     ex = slurm_executor(cfg.launcher, cfg.launcher.folder, cluster="local")
-    job = ex.submit(SlurmTrainJob(str(run.path)))
+    job = ex.submit(SlurmJob(train_task(run.path)))
     assert job.result() == str(run.path)
     assert run.meta["status"] == "finished" and finished_iters(run.path) == 4
     # on preemption/timeout submitit calls checkpoint(): the requeued job resumes
-    requeued = SlurmTrainJob(str(run.path)).checkpoint()
-    assert requeued.function.resume is True and requeued.function.run_dir == str(run.path)
+    requeued = SlurmJob(train_task(run.path)).checkpoint()
+    assert requeued.function.task.resume is True and requeued.function.task.run_dir == str(run.path)
 
 
 def test_slurm_parameters_reach_sbatch(tmp_path):

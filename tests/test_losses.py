@@ -10,9 +10,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from ecmctl.errors import UserError
+from ecmctl.core.errors import UserError
+from ecmctl.ecm.weights import load_weights, weights_document
 from ecmctl.losses import ECMFocalLoss, ECMLoss
-from ecmctl.weights import load_weights, weights_document
 
 C = 5  # foreground classes of the synthetic dataset
 COUNTS = [1000, 300, 40, 7, 2]

@@ -7,9 +7,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ecmctl.margins import compute_margins, detection_weight
-from ecmctl.schemas import BACKGROUND
-from ecmctl.weights import builtin_counts, weights_document
+from ecmctl.core.schemas import BACKGROUND
+from ecmctl.dataset.lvis import builtin_counts
+from ecmctl.ecm.margins import compute_margins, detection_weight
+from ecmctl.ecm.weights import weights_document
 
 counts = st.lists(st.integers(1, 10**6), min_size=2, max_size=40)
 bg_ratios = st.one_of(st.none(), st.floats(0.01, 50))

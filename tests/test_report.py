@@ -1,4 +1,4 @@
-"""ecmctl.report: figures and report.md from fake-but-schema-true run directories (no training)."""
+"""ecmctl.pipeline.report: figures and report.md from fake-but-schema-true run directories (no training)."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from ecmctl.errors import UserError
-from ecmctl.report import TITLES, load_train_log, report_summary, write_report
-from ecmctl.weights import weights_document
+from ecmctl.core.errors import UserError
+from ecmctl.ecm.weights import weights_document
+from ecmctl.pipeline.report import TITLES, load_train_log, report_summary, write_report
 
 # 12 classes with a long tail: (name, frequency, instance_count, image_count)
 CLASSES = [("unicorn", "r", 2, 2), ("yak", "r", 4, 3), ("zebu", "r", 7, 6), ("axe", "c", 15, 12),

@@ -16,9 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from ecmctl.runs import RunDir
-from ecmctl.sweep import run_sweep
-from ecmctl.train import finished_iters
+from ecmctl.core.runs import RunDir
+from ecmctl.pipeline.sweep import run_sweep
+from ecmctl.pipeline.train import finished_iters
 
 pytestmark = pytest.mark.slow
 

@@ -8,8 +8,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ecmctl.errors import UserError
-from ecmctl.synth import lvis_frequency, make_dataset, summary_table
+from ecmctl.cli.render import synth_table
+from ecmctl.core.errors import UserError
+from ecmctl.dataset.lvis import frequency_group as lvis_frequency
+from ecmctl.dataset.synth import make_dataset
 
 SMALL = dict(num_classes=8, train_images=60, val_images=20, image_size=64)
 
@@ -139,7 +141,7 @@ def test_summary_and_table(small):
     for c in small["classes"]:
         assert c["frequency"] == lvis_frequency(c["train_images"])
         assert c["train_instances"] >= c["train_images"] >= 1 and c["val_images"] >= 1
-    table = summary_table(small)
+    table = synth_table(small)
     assert table.row_count == 3
 
 

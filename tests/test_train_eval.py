@@ -14,10 +14,11 @@ import pytest
 from typer.testing import CliRunner
 
 from ecmctl.cli import app
-from ecmctl.config import compose
-from ecmctl.evaluate import METRIC_KEYS, evaluate
-from ecmctl.runs import RunDir
-from ecmctl.train import finished_iters, train
+from ecmctl.core.config import compose
+from ecmctl.core.runs import RunDir
+from ecmctl.core.schemas import METRIC_KEYS
+from ecmctl.pipeline.evaluate import evaluate
+from ecmctl.pipeline.train import finished_iters, train
 
 pytestmark = pytest.mark.slow
 
@@ -132,8 +133,8 @@ def test_repeat_factor_sampling_oversamples_rare_images(overrides, tmp_path):
     from mmdet.registry import DATASETS
     from mmdet.utils import register_all_modules
 
-    from ecmctl.detector import build_mm_config
-    from ecmctl.stages import class_names, ensure_counts
+    from ecmctl.engine.builder import build_mm_config
+    from ecmctl.pipeline.prepare import class_names, ensure_counts
 
     register_all_modules()
     cfg = compose([*overrides, "dataset.rfs_thr=0.3", "loss=bce"])

@@ -11,9 +11,9 @@ import pytest
 from typer.testing import CliRunner
 
 from ecmctl.cli import app
-from ecmctl.counting import write_counts
-from ecmctl.schemas import BACKGROUND, WEIGHTS_SCHEMA
-from ecmctl.weights import load_weights
+from ecmctl.core.schemas import BACKGROUND, WEIGHTS_SCHEMA
+from ecmctl.dataset.counting import write_counts
+from ecmctl.ecm.weights import load_weights
 
 runner = CliRunner()
 FIELDS = {"id", "name", "n_pos", "n_neg", "margin_pos", "margin_neg", "log_w_pos", "log_w_neg", "det_weight"}

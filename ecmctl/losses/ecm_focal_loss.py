@@ -18,7 +18,7 @@ from mmdet.models.losses.utils import weight_reduce_loss
 from mmdet.registry import MODELS
 from torch import Tensor
 
-from ecmctl.errors import UserError
+from ecmctl.core.errors import UserError
 from ecmctl.losses.ecm_loss import attach_class_weights, autocast_off, full_precision
 
 

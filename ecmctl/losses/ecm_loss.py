@@ -29,8 +29,8 @@ from mmdet.registry import MODELS
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from ecmctl.errors import UserError
-from ecmctl.weights import ClassWeights, load_weights
+from ecmctl.core.errors import UserError
+from ecmctl.ecm.weights import ClassWeights, load_weights
 
 _LOW_PRECISION = (torch.float16, torch.bfloat16)
 

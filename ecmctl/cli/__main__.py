@@ -1,0 +1,3 @@
+from ecmctl.cli.app import main
+
+main()

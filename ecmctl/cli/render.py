@@ -1,0 +1,197 @@
+"""Rich renderings of the library's results: the CLI prints these, the library returns plain data."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from rich.markup import escape
+from rich.table import Table
+
+from ecmctl.core.schemas import BACKGROUND, GROUP_KEYS, METRIC_KEYS
+
+
+def _yes_no(flag: bool) -> str:
+    return "[green]yes[/]" if flag else "[red]no[/]"
+
+
+def info_table(info: dict) -> Table:
+    """The `collect_info()` result as a two-column rich table."""
+    table = Table(title="ecmctl environment", show_header=True, header_style="bold")
+    table.add_column("component")
+    table.add_column("value", overflow="fold")
+    for name, version in info["versions"].items():
+        table.add_row(name, escape(version) if version is not None else "[red]not installed[/]")
+    ops = _yes_no(info["mmcv_ops"])
+    if info.get("mmcv_ops_error"):
+        ops += f" ({escape(info['mmcv_ops_error'])})"
+    table.add_row("mmcv ops compiled", ops)
+    cuda = _yes_no(info["cuda_available"])
+    if info.get("torch_cuda"):
+        cuda += f" (torch built for CUDA {info['torch_cuda']})"
+    if info.get("cuda_error"):
+        cuda += f" ({escape(info['cuda_error'])})"
+    table.add_row("CUDA available", cuda)
+    table.add_row("CUDA devices", str(info["cuda_device_count"]))
+    for i, name in enumerate(info["cuda_devices"]):
+        table.add_row(f"  cuda:{i}", escape(name))
+    return table
+
+
+def synth_table(summary: dict[str, Any]) -> Table:
+    """One row per LVIS frequency group: how long the tail is and how well val covers it."""
+    sp = summary["splits"]
+    table = Table(
+        title=f"synthetic LVIS v1 dataset in {summary['out_dir']}",
+        caption=(f"train: {sp['train']['images']} images, {sp['train']['annotations']} annotations "
+                 f"-> {summary['train_json']}\n"
+                 f"val: {sp['val']['images']} images, {sp['val']['annotations']} annotations "
+                 f"-> {summary['val_json']}"),
+    )
+    for col in ("group", "classes", "train imgs/class", "train inst", "val imgs/class", "val inst"):
+        table.add_column(col, justify="left" if col == "group" else "right")
+    names = {"r": "r (1-10)", "c": "c (11-100)", "f": "f (>100)"}
+    for g in ("r", "c", "f"):
+        rows = [c for c in summary["classes"] if c["frequency"] == g]
+        if not rows:
+            table.add_row(names[g], "0", "-", "0", "-", "0")
+            continue
+        ti = [c["train_images"] for c in rows]
+        vi = [c["val_images"] for c in rows]
+        table.add_row(names[g], str(len(rows)),
+                      f"{min(ti)}-{max(ti)}", str(sum(c["train_instances"] for c in rows)),
+                      f"{min(vi)}-{max(vi)}", str(sum(c["val_instances"] for c in rows)))
+    return table
+
+
+def _table(title: str):
+
+    return Table(title=title)
+
+
+def counts_tables(doc: dict, rows: int = 5) -> list:
+    """Rich renderables: totals, classes per frequency group, rarest/most frequent, zero-instance classes."""
+    cats = doc["categories"]
+    src = doc["source"]
+    totals = _table("annotation file")
+    totals.show_header = False
+    totals.add_column("field")
+    totals.add_column("value", justify="right")
+    totals.add_row("path", str(src["path"]))
+    totals.add_row("sha256", str(src["sha256"]))
+    totals.add_row("images", f"{src['num_images']:,}" if src.get("num_images") is not None else "-")
+    totals.add_row("annotations", f"{src['num_annotations']:,}")
+    totals.add_row("categories", f"{len(cats):,}")
+    if doc.get("frequency_disagreements"):
+        totals.add_row("frequency field disagrees", f"[yellow]{doc['frequency_disagreements']} categories[/]")
+
+    groups = _table("classes per frequency group")
+    for col in ("group", "classes", "instances", "images (sum)"):
+        groups.add_column(col, justify="left" if col == "group" else "right")
+    for g, rule in (("r", "<= 10 images"), ("c", "11-100 images"), ("f", "> 100 images")):
+        members = [c for c in cats if c["frequency"] == g]
+        groups.add_row(f"{g} ({rule})", str(len(members)), f"{sum(c['instance_count'] for c in members):,}",
+                       f"{sum(c['image_count'] for c in members):,}")
+
+    order = sorted(cats, key=lambda c: (c["instance_count"], c["image_count"]))
+    extremes = _table(f"{rows} rarest, {rows} most frequent")
+    for col in ("", "id", "name", "freq", "instances", "images"):
+        extremes.add_column(col, justify="right" if col in ("id", "instances", "images") else "left")
+    shown = [("rarest", c) for c in order[:rows]]
+    shown += [("most frequent", c) for c in order[max(rows, len(order) - rows):][::-1]]
+    for label, c in shown:
+        extremes.add_row(label, str(c["id"]), escape(c["name"]), c["frequency"], f"{c['instance_count']:,}",
+                         f"{c['image_count']:,}")
+
+    zero = [c for c in cats if c["instance_count"] == 0]
+    if zero:
+        empty = _table(f"{len(zero)} classes with zero instances")
+        empty.min_width = 40
+        empty.add_column("id", justify="right")
+        empty.add_column("name")
+        for c in zero[:20]:
+            empty.add_row(str(c["id"]), escape(c["name"]))
+        if len(zero) > 20:
+            empty.add_row("…", f"and {len(zero) - 20} more")
+        empty.caption = "(`ecmctl weights` needs --min-count)"
+    else:
+        from rich.text import Text
+
+        empty = Text("classes with zero instances: none")
+    return [totals, groups, extremes, empty]
+
+
+def weights_table(doc: dict, rows: int = 5):
+    """A rich table of the rarest and most frequent classes' weights (and background)."""
+
+    classes = doc["classes"]
+    fg = [c for c in classes if c["name"] != BACKGROUND]
+    order = sorted(fg, key=lambda c: c["n_pos"])
+    shown = order[:rows] + (order[-rows:] if len(order) > 2 * rows else order[rows:])
+    shown += [c for c in classes if c["name"] == BACKGROUND]
+    title = f"ECM weights, {len(fg)} classes, bg_ratio={doc['bg_ratio']}"
+    table = Table(title=title)
+    for col in ("name", "n_pos", "n_neg", "margin_pos", "log_w_pos", "log_w_neg", "det_weight"):
+        table.add_column(col, justify="left" if col == "name" else "right")
+    for c in shown:
+        table.add_row(c["name"], f"{c['n_pos']:.0f}", f"{c['n_neg']:.0f}", f"{c['margin_pos']:.4f}",
+                      f"{c['log_w_pos']:.4f}", f"{c['log_w_neg']:.4f}", f"{c['det_weight']:.4f}")
+    return table
+
+
+def metrics_table(docs: list[dict], names: list[str] | None = None):
+    """Runs side by side (box, then mask); columns after the first show deltas against the first."""
+
+    names = names or [Path(d["run"]).parent.name + "/" + Path(d["run"]).name for d in docs]
+    table = Table(title="LVIS evaluation (AP in %)")
+    table.add_column("metric")
+    for i, n in enumerate(names):
+        table.add_column(n if i == 0 else f"{n} (Δ)", justify="right")
+    for iou in ("bbox", "segm"):
+        if not any(iou in d for d in docs):
+            continue
+        for key in METRIC_KEYS:
+            vals = [d.get(iou, {}).get(key) for d in docs]
+            cells = []
+            for i, v in enumerate(vals):
+                if v is None or v < 0:
+                    cells.append("-")
+                elif i == 0 or vals[0] is None or vals[0] < 0:
+                    cells.append(f"{100 * v:.1f}")
+                else:
+                    cells.append(f"{100 * v:.1f} ({100 * (v - vals[0]):+.1f})")
+            table.add_row(f"{iou} {key}", *cells)
+    return table
+
+
+def sweep_table(summary: dict):
+
+    table = Table(title=f"sweep: {' '.join(summary['overrides'])}")
+    for col in ("#", "overrides", "status", "run directory"):
+        table.add_column(col)
+    for i, job in enumerate(summary["jobs"]):
+        table.add_row(str(i), " ".join(job["overrides"]), job["status"], job["run_dir"] or "-")
+    return table
+
+
+def _pct(v: float | None) -> str:
+    return "-" if v is None else f"{100 * v:.1f}"
+
+
+def demo_table(summary: dict):
+    """ECM vs BCE (mean over seeds) with deltas, the measured r and the time per stage."""
+
+    lo, hi = summary["ci95"] or (float("nan"), float("nan"))
+    n = len(summary["seeds"])
+    table = Table(title=f"ECM vs BCE on the synthetic long-tailed set, mean of {n} seed(s); "
+                        f"measured r = {summary['r']:.3f} [{lo:.3f}, {hi:.3f}]")
+    for col in ("metric", "BCE", "ECM", "Δ (ECM − BCE)"):
+        table.add_column(col, justify="left" if col == "metric" else "right")
+    ecm, bce = summary["mean"]["ecm"], summary["mean"]["bce"]
+    for iou in [i for i in ("bbox", "segm") if i in ecm or i in bce]:
+        for key in GROUP_KEYS:  # a group without classes in val shows "-"
+            b, e = bce.get(iou, {}).get(key), ecm.get(iou, {}).get(key)
+            delta = "-" if b is None or e is None else f"{100 * (e - b):+.1f}"
+            table.add_row(f"{iou} {key}", _pct(b), _pct(e), delta)
+    table.caption = "stage seconds: " + ", ".join(f"{k} {v:.0f}" for k, v in summary["stage_seconds"].items())
+    return table

@@ -1,0 +1,5 @@
+"""Core: what every layer uses and nothing else in ecmctl is imported by it.
+
+errors (UserError) · io (atomic writes, schema-tagged JSON) · schemas (file tags) · runs (run directories)
+· config (Hydra composition, typed validation) · environment (versions, devices).
+"""

@@ -1,0 +1,108 @@
+"""Run directories: runs/<name>/<timestamp>/ with run.json, the configs, inputs and mmengine's outputs."""
+
+from __future__ import annotations
+
+import datetime as dt
+import fcntl
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+from ecmctl.core.errors import UserError
+from ecmctl.core.io import atomic_write_json, load_json, sha256_file
+from ecmctl.core.schemas import RUN_SCHEMA
+
+RUN_JSON = "run.json"
+HYDRA_CONFIG = "config.yaml"
+MM_CONFIG = "mmdet_config.py"
+
+
+def now() -> str:
+    return dt.datetime.now().astimezone().isoformat(timespec="seconds")
+
+
+def new_run_dir(run_root: str | os.PathLike, name: str) -> Path:
+    """A fresh, unique runs/<name>/<timestamp>/ directory."""
+    base = Path(run_root) / name
+    stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    path, k = base / stamp, 1
+    while path.exists():
+        path, k = base / f"{stamp}-{k}", k + 1
+    path.mkdir(parents=True)
+    return path
+
+
+def git_commit() -> str | None:
+    """The project's commit, so a run can be traced to the code that made it."""
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True,
+                             text=True, timeout=5)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return out.stdout.strip() or None
+
+
+class RunDir:
+    """A run directory; `lock()` holds an exclusive flock for as long as this process trains in it."""
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        self.path = Path(path)
+        self._lock_fd: int | None = None
+
+    @classmethod
+    def open(cls, path: str | os.PathLike) -> RunDir:
+        run = cls(path)
+        if not (run.path / RUN_JSON).is_file():
+            raise UserError(f"{path}: not an ecmctl run directory (no {RUN_JSON}); pass runs/<name>/<timestamp>")
+        meta = load_json(run.path / RUN_JSON)
+        if meta.get("schema") != RUN_SCHEMA:
+            raise UserError(f"{run.path / RUN_JSON}: field 'schema' is {meta.get('schema')!r}, expected {RUN_SCHEMA!r}")
+        return run
+
+    @property
+    def meta(self) -> dict:
+        p = self.path / RUN_JSON
+        return load_json(p) if p.is_file() else {"schema": RUN_SCHEMA}
+
+    def update(self, **fields) -> dict:
+        meta = {**self.meta, **fields}
+        atomic_write_json(self.path / RUN_JSON, meta)
+        return meta
+
+    def lock(self) -> None:
+        fd = os.open(self.path / ".lock", os.O_CREAT | os.O_RDWR)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise UserError(f"{self.path}: locked, another process is training in it") from None
+        os.ftruncate(fd, 0)
+        os.write(fd, str(os.getpid()).encode())
+        self._lock_fd = fd
+
+    def unlock(self) -> None:
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+    def save_input(self, key: str, src: str | os.PathLike) -> Path:
+        """Copy an input file (counts, calibration, weights) into inputs/ and record its sha256."""
+        dst_dir = self.path / "inputs"
+        dst_dir.mkdir(exist_ok=True)
+        dst = dst_dir / Path(src).name
+        if Path(src).resolve() != dst.resolve():
+            shutil.copyfile(src, dst)
+        inputs = {**self.meta.get("inputs", {}), key: {"path": str(dst), "source": str(src),
+                                                       "sha256": sha256_file(dst)}}
+        self.update(inputs=inputs)
+        return dst
+
+    def last_checkpoint(self) -> Path | None:
+        marker = self.path / "last_checkpoint"
+        if marker.is_file():
+            ckpt = Path(marker.read_text().strip())
+            if ckpt.is_file():
+                return ckpt
+        ckpts = sorted(self.path.glob("iter_*.pth"), key=lambda p: int(p.stem.split("_")[1]))
+        return ckpts[-1] if ckpts else None

@@ -1,0 +1,150 @@
+"""The one place where ecmctl's Hydra config becomes an mmengine/mmdet config (no model is built).
+
+Detector configs start from mmdet's own shipped configs (inside the installed package);
+ecmctl changes only what the user chose: model overrides, classes, loss, data, schedule, launcher.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+from ecmctl.core.errors import UserError
+from ecmctl.losses.placement import apply_loss, apply_normed_head
+
+# ecmctl's launcher -> mmengine's `launcher` (how each rank initialises torch.distributed)
+MM_LAUNCHERS = {"local": "none", "torchrun": "pytorch", "slurm": "slurm"}
+CUSTOM_IMPORTS = ["ecmctl.losses", "ecmctl.engine.compat", "ecmctl.engine.lvis_metric", "ecmctl.engine.hooks"]
+
+
+def mmdet_config_path(rel: str) -> Path:
+    """A config shipped inside the installed mmdet package (mmdet/.mim/configs/...)."""
+    import mmdet
+
+    path = Path(mmdet.__file__).parent / ".mim" / "configs" / rel
+    if not path.is_file():
+        raise UserError(f"detector.mmdet_config {rel!r} is not among mmdet's shipped configs ({path})")
+    return path
+
+
+def _plain(node) -> dict | list:
+    return OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else node
+
+
+def base_config(cfg: DictConfig):
+    """mmdet's config for the chosen detector with the detector group's `model` overrides merged in."""
+    from mmengine.config import Config
+
+    mm = Config.fromfile(str(mmdet_config_path(cfg.detector.mmdet_config)))
+    overrides = _plain(cfg.detector.model) or {}
+    if overrides:
+        mm.merge_from_dict({"model": overrides}, allow_list_keys=True)
+    if cfg.detector.normed_head:
+        apply_normed_head(mm.model)
+    return mm
+
+
+def _pipelines(ds: DictConfig, with_mask: bool) -> tuple[list, list]:
+    load_ann = dict(type="LoadAnnotations", with_bbox=True, with_mask=with_mask)
+    if ds.multiscale:
+        resize = dict(type="RandomChoiceResize", scales=[tuple(s) for s in ds.multiscale], keep_ratio=True)
+    else:
+        resize = dict(type="Resize", scale=tuple(ds.train_scale), keep_ratio=True)
+    train = [dict(type="LoadImageFromFile"), load_ann, resize,
+             dict(type="RandomFlip", prob=float(ds.flip)), dict(type="PackDetInputs")]
+    test = [dict(type="LoadImageFromFile"), dict(type="Resize", scale=tuple(ds.test_scale), keep_ratio=True),
+            load_ann, dict(type="PackDetInputs", meta_keys=("img_id", "img_path", "ori_shape", "img_shape",
+                                                            "scale_factor"))]
+    return train, test
+
+
+def _dataset(ds: DictConfig, ann: str, classes: Sequence[str], pipeline: list, test_mode: bool) -> dict:
+    d = dict(type="LVISV1Dataset", data_root=str(Path(ds.root).resolve()), ann_file=str(Path(ann).resolve()),
+             data_prefix=dict(img=ds.img_prefix), metainfo=dict(classes=tuple(classes)),
+             pipeline=pipeline, test_mode=test_mode)
+    if not test_mode:
+        d["filter_cfg"] = dict(filter_empty_gt=True, min_size=2)
+    return d
+
+
+def build_mm_config(cfg: DictConfig, classes: Sequence[str], work_dir: str | Path,
+                    weights_files: Sequence[str | None] | str | None = None, loss: DictConfig | None = None):
+    """The full mmengine Config for train/calibrate/eval of `cfg` (loss defaults to cfg.loss)."""
+    mm = base_config(cfg)
+    loss = loss if loss is not None else cfg.loss
+    apply_loss(mm.model, _plain(loss), len(classes), weights_files)
+    ds, sch, tr = cfg.dataset, cfg.schedule, cfg.train
+    with_mask = bool(cfg.detector.with_mask)
+    train_pipe, test_pipe = _pipelines(ds, with_mask)
+    if not with_mask and "mask_head" in (mm.model.get("roi_head") or {}):
+        raise UserError(f"detector {cfg.detector.name} has a mask head but detector.with_mask is false")
+    train_ds = _dataset(ds, ds.train_ann, classes, train_pipe, test_mode=False)
+    if ds.rfs_thr:
+        train_ds = dict(type="ClassBalancedDataset", oversample_thr=float(ds.rfs_thr), dataset=train_ds)
+    mm.train_dataloader = dict(
+        batch_size=int(tr.batch_size), num_workers=int(tr.num_workers), persistent_workers=False,
+        sampler=dict(type="InfiniteSampler", shuffle=True), batch_sampler=dict(type="AspectRatioBatchSampler"),
+        dataset=train_ds)
+    mm.test_dataloader = dict(
+        batch_size=1, num_workers=int(tr.num_workers), persistent_workers=False, drop_last=False,
+        sampler=dict(type="DefaultSampler", shuffle=False),
+        dataset=_dataset(ds, ds.val_ann, classes, test_pipe, test_mode=True))
+    mm.test_evaluator = dict(type="ecmctl.PerClassLVISMetric", ann_file=str(Path(ds.val_ann).resolve()),
+                             metric=["bbox", "segm"] if with_mask else ["bbox"],
+                             classwise=False)  # `ecmctl eval` turns it on
+    mm.test_cfg = dict(type="TestLoop")
+    set_test_protocol(mm.model, float(cfg.eval.score_thr), int(cfg.eval.max_per_img))
+    max_iters, val_interval = int(tr.max_iters), int(tr.val_interval)
+    mm.train_cfg = dict(type="IterBasedTrainLoop", max_iters=max_iters,
+                        val_interval=val_interval if val_interval > 0 else max_iters + 1)
+    if val_interval > 0:
+        mm.val_dataloader, mm.val_evaluator, mm.val_cfg = mm.test_dataloader, mm.test_evaluator, dict(type="ValLoop")
+    else:
+        mm.val_dataloader = mm.val_evaluator = mm.val_cfg = None
+    mm.optim_wrapper = dict(
+        type="AmpOptimWrapper" if tr.amp else "OptimWrapper",
+        optimizer=dict(type="SGD", lr=float(sch.lr), momentum=float(sch.momentum),
+                       weight_decay=float(sch.weight_decay)),
+        clip_grad=dict(max_norm=float(sch.grad_clip), norm_type=2) if sch.grad_clip else None)
+    warmup = min(int(sch.warmup_iters), max_iters)
+    mm.param_scheduler = [
+        dict(type="LinearLR", start_factor=0.001, by_epoch=False, begin=0, end=max(warmup, 1)),
+        dict(type="MultiStepLR", by_epoch=False, begin=0, end=max_iters, gamma=0.1,
+             milestones=[max(1, int(f * max_iters)) for f in sch.milestones]),
+    ]
+    mm.default_hooks = dict(
+        timer=dict(type="IterTimerHook"),
+        logger=dict(type="LoggerHook", interval=min(50, max(1, max_iters // 10))),
+        param_scheduler=dict(type="ParamSchedulerHook"),
+        checkpoint=dict(type="CheckpointHook", by_epoch=False, interval=int(tr.checkpoint_interval),
+                        max_keep_ckpts=2, save_last=True),
+        sampler_seed=dict(type="DistSamplerSeedHook"),
+        visualization=dict(type="DetVisualizationHook"))
+    mm.log_processor = dict(type="LogProcessor", window_size=20, by_epoch=False)
+    mm.log_level = str(tr.log_level)
+    mm.custom_hooks = [dict(type="ecmctl.ProgressHook")] if tr.progress else []
+    mm.visualizer = dict(type="DetLocalVisualizer",
+                         vis_backends=[dict(type="LocalVisBackend"), dict(type="TensorboardVisBackend")])
+    mm.randomness = dict(seed=int(cfg.seed), deterministic=False)
+    mm.env_cfg = dict(cudnn_benchmark=False, mp_cfg=dict(mp_start_method="fork", opencv_num_threads=0),
+                      dist_cfg=dict(backend="nccl"))  # gloo is chosen at run time on CPU hosts
+    mm.launcher = MM_LAUNCHERS[cfg.launcher.name]
+    mm.custom_imports = dict(imports=CUSTOM_IMPORTS, allow_failed_imports=False)
+    mm.work_dir = str(work_dir)
+    mm.load_from, mm.resume = None, False
+    mm.auto_scale_lr = dict(enable=False, base_batch_size=16)
+    for key in ("train_pipeline", "test_pipeline", "backend_args", "dataset_type", "data_root"):
+        mm.pop(key, None)
+    return mm
+
+
+def set_test_protocol(model, score_thr: float, max_per_img: int) -> None:
+    """LVIS protocol at test time: keep low-score boxes (1e-4) and up to 300 per image."""
+    test_cfg = model.get("test_cfg")
+    if test_cfg is None:
+        return
+    target = test_cfg.get("rcnn", test_cfg)
+    target["score_thr"] = score_thr
+    target["max_per_img"] = max_per_img

@@ -1,0 +1,229 @@
+"""Every workaround for the pinned old stack (lvis 0.5.3, mmengine 0.10.7, mmdet 3.3.0) on new numpy/torch.
+
+`apply()` installs all of them; it is idempotent (each fix checks the live state, not a flag) and runs
+once on import too, so ``custom_imports=dict(imports=['ecmctl.engine.compat'])`` in a dumped mmengine config is
+enough in a process that never called it (a bare ``tools/train.py`` run, a launcher's worker).
+Importing this module therefore imports torch, lvis, mmengine and mmdet: import it only where those are used.
+
+Fixes:
+  * lvis 0.5.3 ``LVISEval.accumulate`` uses ``np.float`` (removed in numpy 1.24): `lvis.eval` gets its own
+    numpy proxy that has ``float``; numpy itself is not touched.
+  * torch >= 2.6 loads with ``weights_only=True``: mmengine checkpoints (``message_hub``) hold HistoryBuffer
+    objects with numpy arrays/scalars; exactly those globals are allow-listed (`CHECKPOINT_SAFE_GLOBALS`).
+  * mmdet's LVISMetric sets ``params.imgIds`` (pycocotools' name) that lvis-api never reads, so a subset of
+    images is scored against every image of ``ann_file``: `SubsetLVISMetric`, type ``'ecmctl.LVISMetric'``.
+  * mmdet's full-size configs start from ``torchvision://resnet50``; mmengine imports torchvision just to
+    look up its URL, and torchvision is not installed (PyPI's build does not load beside the CPU torch):
+    without torchvision the URL comes from mmengine's own shipped table.
+Not needed here: mmdet's CocoMetric wants ``iscrowd`` on LVIS annotations, but ecmctl evaluates LVIS-format
+data with ``ecmctl.LVISMetric`` only.
+"""
+
+from __future__ import annotations
+
+import importlib
+import pickle
+from collections.abc import Sequence
+
+import lvis.eval
+import numpy as np
+import torch
+from mmdet.evaluation.metrics.lvis_metric import LVISMetric
+from mmengine.logging import MMLogger
+from mmengine.logging.history_buffer import HistoryBuffer
+from mmengine.registry import METRICS, Registry
+
+SCOPE = "ecmctl"
+LVIS_METRIC_TYPE = f"{SCOPE}.LVISMetric"
+
+
+# --- a. lvis 0.5.3 + numpy >= 1.24 -------------------------------------------------------------------
+
+
+class _NumpyForLvis:
+    """numpy as lvis 0.5.3's eval.py expects it: ``np.float`` is the builtin float (what it aliased)."""
+
+    float = float
+
+    def __getattr__(self, name: str):
+        return getattr(np, name)
+
+    def __repr__(self) -> str:
+        return f"<numpy proxy for lvis.eval (np.float = float) over {np!r}>"
+
+
+def _fix_lvis_np_float() -> None:
+    # lvis/eval.py:361-362 `.astype(dtype=np.float)` raises AttributeError on numpy >= 1.24 (lvis-api PR #42,
+    # never released); scoped to lvis.eval so numpy keeps rejecting np.float everywhere else.
+    if not hasattr(lvis.eval.np, "float"):
+        lvis.eval.np = _NumpyForLvis()
+
+
+# --- b. torch >= 2.6 weights_only loading of mmengine checkpoints ------------------------------------
+
+_HISTORY_BUFFER_STATISTICS = ("min", "max", "current", "mean")
+
+
+def _history_buffer_getattr(obj, name: str):
+    """Stands in for ``builtins.getattr`` while unpickling: a pickled HistoryBuffer refers to its statistics
+    methods as ``getattr(HistoryBuffer, 'mean')``; nothing else may be looked up."""
+    if obj is HistoryBuffer and name in _HISTORY_BUFFER_STATISTICS:
+        return getattr(obj, name)
+    raise pickle.UnpicklingError(f"ecmctl.engine.compat: refusing getattr({obj!r}, {name!r}) in a weights_only load")
+
+
+def _numpy_multiarray():
+    try:  # numpy >= 2 (numpy.core is a deprecated alias there)
+        return importlib.import_module("numpy._core.multiarray")
+    except ImportError:  # numpy 1.x
+        return importlib.import_module("numpy.core.multiarray")
+
+
+def _checkpoint_safe_globals() -> list:
+    ma = _numpy_multiarray()
+    dtype_classes = {type(np.dtype(t)) for t in (np.bool_, np.int8, np.int16, np.int32, np.int64, np.uint8,
+                                                  np.uint16, np.uint32, np.uint64, np.float16, np.float32,
+                                                  np.float64)}
+    return [
+        HistoryBuffer,  # message_hub['log_scalars'] values
+        np.ndarray, np.dtype, *sorted(dtype_classes, key=lambda c: c.__name__),  # HistoryBuffer histories
+        # ndarray / numpy scalar (e.g. runtime_info['eta']) rebuilders, under numpy 2 and numpy 1 names
+        *[(getattr(ma, fn), f"{mod}.{fn}") for fn in ("_reconstruct", "scalar")
+          for mod in ("numpy._core.multiarray", "numpy.core.multiarray")],
+        (_history_buffer_getattr, "builtins.getattr"),  # HistoryBuffer._statistics_methods entries
+    ]
+
+
+CHECKPOINT_SAFE_GLOBALS: list = _checkpoint_safe_globals()
+
+
+def _allow_mmengine_checkpoint_globals() -> None:
+    # torch >= 2.6 torch.load defaults to weights_only=True and mmengine 0.10.7 does not pass it:
+    # resume/load_from fail with "Unsupported global: mmengine.logging.history_buffer.HistoryBuffer".
+    # torch keeps these in a set, so adding them again is a no-op.
+    add = getattr(torch.serialization, "add_safe_globals", None)
+    if add is not None:  # torch < 2.4 has no allow-list (and loads with weights_only=False)
+        add(CHECKPOINT_SAFE_GLOBALS)
+
+
+# --- c. mmdet's LVISMetric on a subset of images ------------------------------------------------------
+
+
+def scope_registry(registry: Registry) -> Registry:
+    """The ``ecmctl``-scoped child of `registry`'s mmengine root (e.g. mmengine's HOOKS), made once.
+
+    mmengine reads a dotted ``type`` as ``scope.name``, so ``'ecmctl.X'`` is found only in a registry
+    whose scope is ``ecmctl``: the name ``'ecmctl.X'`` registered in mmdet's registry can never be built.
+    Hung under the root, ``'ecmctl.X'`` is found with or without mmdet's default scope.
+    Usage: ``scope_registry(HOOKS).register_module(name='X')`` -> config ``type='ecmctl.X'``.
+    """
+    root = registry._get_root_registry()
+    child = root.children.get(SCOPE)
+    if child is None:
+        child = Registry(root.name, parent=root, scope=SCOPE)
+    return child
+
+
+class SubsetLVISMetric(LVISMetric):
+    """mmdet's LVISMetric that scores exactly the images it was given (config type ``'ecmctl.LVISMetric'``).
+
+    mmdet 3.3.0 writes ``lvis_eval.params.imgIds``, which lvis-api ignores: LVISEval keeps
+    ``params.img_ids`` = every image of ``ann_file``, and images that were never run count as misses. Here
+    LVISEval gets a ground truth holding only the processed images, so its default ``img_ids`` are those.
+    Detections per image stay at lvis-api's 300 (LVISResults / Params defaults; the model's test_cfg
+    sets max_per_img and score_thr). When no image has any detection, mmdet returns ``{}`` (which breaks
+    CheckpointHook's save_best); here every requested value is then 0.0, what AP/AR are with no detections.
+    """
+
+    def compute_metrics(self, results: list) -> dict[str, float]:
+        full_api, full_img_ids = self._lvis_api, self.img_ids
+        if full_api is not None:  # with ann_file; without it mmdet builds the gt from these very results
+            img_ids = list(dict.fromkeys(gt["img_id"] for gt, _ in results))  # result order: proposal_fast
+            self._lvis_api, self.img_ids = _lvis_subset(full_api, img_ids), img_ids
+        try:
+            metrics = super().compute_metrics(results)
+        finally:
+            self._lvis_api, self.img_ids = full_api, full_img_ids
+        return self._fill_empty(metrics)
+
+    def _fill_empty(self, metrics: dict[str, float]) -> dict[str, float]:
+        """0.0 for every requested value that mmdet skipped because there were no detections at all."""
+        if self.format_only:
+            return metrics
+        filled = dict(metrics)
+        for metric in self.metrics:
+            if metric in ("bbox", "segm"):
+                items = self.metric_items or ["AP", "AP50", "AP75", "APs", "APm", "APl", "APr", "APc", "APf"]
+                keys = [f"{metric}_{k}" for k in items]
+            elif metric == "proposal":
+                keys = list(self.metric_items or ["AR@300", "ARs@300", "ARm@300", "ARl@300"])
+            else:  # proposal_fast never comes back empty
+                continue
+            if not any(k in metrics for k in keys):
+                filled.update(dict.fromkeys(keys, 0.0))
+        if filled != metrics:
+            MMLogger.get_current_instance().warning(
+                "ecmctl.LVISMetric: no detections on any image; reporting 0.0 for "
+                + ", ".join(k for k in filled if k not in metrics))
+        return filled
+
+
+def _lvis_subset(api, img_ids: Sequence[int]):
+    """A copy of an lvis.LVIS api with only `img_ids` and their annotations (categories unchanged)."""
+    keep = set(img_ids)
+    sub = type(api).__new__(type(api))
+    sub.logger = api.logger
+    sub.dataset = {**api.dataset,
+                   "images": [im for im in api.dataset["images"] if im["id"] in keep],
+                   "annotations": [a for a in api.dataset["annotations"] if a["image_id"] in keep]}
+    sub._create_index()
+    return sub
+
+
+def _register_lvis_metric() -> None:
+    # mmdet's own name 'LVISMetric' is left alone; configs opt in with type='ecmctl.LVISMetric'.
+    scoped = scope_registry(METRICS)
+    if scoped.module_dict.get("LVISMetric") is not SubsetLVISMetric:
+        scoped.register_module(name="LVISMetric", module=SubsetLVISMetric, force=True)
+
+
+# --- d. torchvision:// checkpoints without torchvision ---------------------------------------------------
+
+
+def _torchvision_models_without_torchvision() -> dict:
+    """mmengine's own URL table for ``torchvision://NAME`` (it ships hub/torchvision_0.12.json)."""
+    import os.path as osp
+
+    import mmengine
+
+    try:
+        import torchvision  # noqa: F401
+    except ImportError:
+        return mmengine.load(osp.join(mmengine.__path__[0], "hub", "torchvision_0.12.json"))
+    return _ORIGINAL_TORCHVISION_MODELS()
+
+
+def _resolve_torchvision_urls() -> None:
+    global _ORIGINAL_TORCHVISION_MODELS
+    from mmengine.runner import checkpoint
+
+    if checkpoint.get_torchvision_models is not _torchvision_models_without_torchvision:
+        _ORIGINAL_TORCHVISION_MODELS = checkpoint.get_torchvision_models
+        checkpoint.get_torchvision_models = _torchvision_models_without_torchvision
+
+
+_ORIGINAL_TORCHVISION_MODELS = None
+
+
+# --- all of them ----------------------------------------------------------------------------------------
+
+
+def apply() -> None:
+    """Install every workaround above; safe to call any number of times."""
+    _fix_lvis_np_float()  # lvis 0.5.3 LVISEval.accumulate uses np.float, gone since numpy 1.24
+    _allow_mmengine_checkpoint_globals()  # torch>=2.6 weights_only load rejects mmengine's HistoryBuffer
+    _register_lvis_metric()  # mmdet sets params.imgIds, lvis reads img_ids: a subset is scored as all images
+    _resolve_torchvision_urls()  # mmdet's R50 configs init from torchvision://, which imports torchvision
+
+
+apply()

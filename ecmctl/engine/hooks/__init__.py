@@ -1,0 +1,9 @@
+"""mmengine hooks registered under the `ecmctl` scope (importing this package registers them).
+
+calibration (fg/bg label counts for r) · progress (a rich progress bar for quiet runs).
+"""
+
+from ecmctl.engine.hooks.calibration import CalibrationHook
+from ecmctl.engine.hooks.progress import ProgressHook
+
+__all__ = ["CalibrationHook", "ProgressHook"]

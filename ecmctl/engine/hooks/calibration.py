@@ -1,0 +1,111 @@
+"""The calibration hook: counts, per iteration and per RoI stage, the foreground and background labels that
+reach the classification loss (label_weights > 0), through forward pre-hooks on the loss modules, so the
+model computes exactly what it would without it. Rank 0 writes the traces; `ecm.background` reads them."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import torch
+from mmengine.hooks import Hook
+from mmengine.registry import HOOKS
+
+from ecmctl.core.io import atomic_write_text
+from ecmctl.ecm.background import bootstrap_ci, converged, ratio
+from ecmctl.engine.compat import scope_registry
+
+TRACE_JSON = "bg_fg_trace.json"
+
+
+def built_roi_bbox_heads(model: torch.nn.Module) -> list[torch.nn.Module]:
+    """The built RoI box head modules in stage order (one per Cascade stage); [] for dense heads."""
+    model = getattr(model, "module", model)
+    roi = getattr(model, "roi_head", None)
+    if roi is None:
+        return []
+    return list(roi.bbox_head) if isinstance(roi.bbox_head, torch.nn.ModuleList) else [roi.bbox_head]
+
+
+class LabelCounter:
+    """Counts fg/bg labels passed to one classification loss since the last `pop()`."""
+
+    def __init__(self, num_classes: int) -> None:
+        self.num_classes = num_classes
+        self.fg = 0
+        self.bg = 0
+
+    def __call__(self, module, args, kwargs):
+        labels = args[1] if len(args) > 1 else kwargs["label"]
+        weights = args[2] if len(args) > 2 else kwargs.get("weight")
+        labels = labels.detach()
+        keep = weights.detach() > 0 if weights is not None else torch.ones_like(labels, dtype=torch.bool)
+        if keep.dim() > 1:
+            keep = keep.any(dim=-1)
+        is_bg = labels == self.num_classes
+        self.bg += int((is_bg & keep).sum())
+        self.fg += int((~is_bg & keep).sum())
+        return None
+
+    def pop(self) -> tuple[int, int]:
+        out = (self.fg, self.bg)
+        self.fg = self.bg = 0
+        return out
+
+
+@scope_registry(HOOKS).register_module(name="CalibrationHook")
+class CalibrationHook(Hook):
+    """Records [fg, bg] per iteration for each RoI stage; stops training once r has converged and,
+    with `out_file`, rank 0 writes {"traces": [[[fg, bg], ...] per stage]} there after training."""
+
+    priority = "VERY_LOW"
+
+    def __init__(self, min_iters: int = 20, rel_tol: float = 0.02, bootstrap: int = 1000,
+                 progress: bool = True, out_file: str | None = None) -> None:
+        self.min_iters, self.rel_tol, self.bootstrap, self.progress = min_iters, rel_tol, bootstrap, progress
+        self.out_file = out_file
+        self.counters: list[LabelCounter] = []
+        self.handles: list = []
+        self.traces: list[list[tuple[int, int]]] = []
+        self._bar = None
+
+    def before_train(self, runner) -> None:
+        heads = built_roi_bbox_heads(runner.model)
+        self.counters = [LabelCounter(h.num_classes) for h in heads]
+        self.handles = [h.loss_cls.register_forward_pre_hook(c, with_kwargs=True)
+                        for h, c in zip(heads, self.counters)]
+        self.traces = [[] for _ in heads]
+        if self.progress and runner.rank == 0:
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+            self._bar = Progress(TextColumn("calibrating r"), BarColumn(), MofNCompleteColumn(),
+                                 TextColumn("{task.fields[status]}"), TimeElapsedColumn(), transient=False)
+            self._bar.start()
+            self._task = self._bar.add_task("calibrate", total=runner.max_iters, status="")
+
+    def after_train_iter(self, runner, batch_idx: int, data_batch=None, outputs=None) -> None:
+        from mmengine.dist import all_reduce
+
+        counts = torch.tensor([c.pop() for c in self.counters], dtype=torch.float64).reshape(-1, 2)
+        all_reduce(counts)  # global batch under torchrun; a no-op in one process
+        for trace, (fg, bg) in zip(self.traces, counts.tolist()):
+            trace.append((int(fg), int(bg)))
+        arrays = self.arrays()
+        if self._bar is not None and arrays:
+            r = ratio(arrays[0])
+            lo, hi = bootstrap_ci(arrays[0], self.bootstrap)  # the same interval as the final summary
+            self._bar.update(self._task, advance=1, status=f"r={r:.3f} [{lo:.3f}, {hi:.3f}]")
+        if arrays and all(converged(a, self.min_iters, self.rel_tol, self.bootstrap) for a in arrays):
+            runner.train_loop.stop_training = True
+
+    def after_train(self, runner) -> None:
+        for h in self.handles:
+            h.remove()
+        if self._bar is not None:
+            self._bar.stop()
+            self._bar = None
+        if self.out_file and runner.rank == 0:
+            atomic_write_text(self.out_file, json.dumps({"traces": [list(map(list, t)) for t in self.traces]}))
+
+    def arrays(self) -> list[np.ndarray]:
+        return [np.asarray(t, dtype=np.float64).reshape(-1, 2) for t in self.traces]

@@ -1,0 +1,35 @@
+"""Launchers: run a `Task` in this process, on every rank of a torchrun job, or as a SLURM job.
+
+task (what to run) · torchrun (elastic agent) · slurm (submitit, requeue) · worker (one rank's entry point).
+"""
+
+from __future__ import annotations
+
+import os
+
+from omegaconf import DictConfig
+
+from ecmctl.core.errors import UserError
+from ecmctl.launch.task import Task, train_task
+
+__all__ = ["Task", "launch", "train_task"]
+
+
+def launch(task: Task, launcher: DictConfig, say, device: str = "auto") -> None:
+    """Run `task` with the configured launcher: `local` in this process, `torchrun` on every rank of
+    a torchrun job (waits for it), `slurm` as a submitted job (returns once it is queued)."""
+    name = launcher.name
+    if name == "local":
+        if device == "cpu":
+            os.environ["CUDA_VISIBLE_DEVICES"] = ""
+        task.run()
+    elif name == "torchrun":
+        from ecmctl.launch.torchrun import run_under_torchrun
+
+        run_under_torchrun(task, launcher, say)
+    elif name == "slurm":
+        from ecmctl.launch.slurm import submit_slurm
+
+        submit_slurm(task, launcher, say)
+    else:
+        raise UserError(f"unknown launcher {name!r}; valid: local, torchrun, slurm")

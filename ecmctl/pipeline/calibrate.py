@@ -1,0 +1,118 @@
+"""`ecmctl calibrate`: measure the background ratio r (supplementary eq. 24) in a short run of the real
+detector, per RoI stage, then write calibration.json and the weights file(s).
+
+The run itself is an ordinary training task with `ecmctl.CalibrationHook` (engine/hooks/calibration.py),
+launched like any other (in this process or under torchrun, where the ranks' counts are all-reduced);
+the statistics are `ecm.background`'s.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+from omegaconf import DictConfig, OmegaConf
+
+from ecmctl.core.errors import UserError
+from ecmctl.core.io import atomic_write_json, atomic_write_text
+from ecmctl.core.schemas import CALIBRATION_SCHEMA
+from ecmctl.ecm.background import summarize
+from ecmctl.ecm.weights import write_weights
+from ecmctl.engine.builder import base_config, build_mm_config
+from ecmctl.engine.hooks.calibration import TRACE_JSON
+from ecmctl.launch import Task, launch
+from ecmctl.losses.placement import detector_kind
+from ecmctl.pipeline.prepare import Say, class_names, ensure_counts
+
+CALIBRATION_JSON = "calibration.json"
+CALIBRATION_MM_CONFIG = "calibration_mmdet_config.py"
+
+
+@dataclass
+class CalibrationResult:
+    """What calibration measured and wrote; `to_json()` is calibration.json (schema ecmctl/calibration@1)."""
+
+    detector: str
+    dataset: str
+    counts_file: str
+    kind: str
+    iters: int = 0
+    r: float | None = None
+    ci95: list[float] | None = None
+    per_stage: list[dict] = field(default_factory=list)
+    trace: list[list[int]] = field(default_factory=list)
+    weights_files: list[str] = field(default_factory=list)
+    calibration_loss: str | None = None
+    config: dict = field(default_factory=dict)
+
+    def to_json(self) -> dict:
+        return {"schema": CALIBRATION_SCHEMA, **asdict(self)}
+
+
+def run_calibration(cfg: DictConfig, out_dir: str | Path, say: Say = print,
+                    counts: tuple[Path, dict] | None = None) -> CalibrationResult:
+    """Measure r per RoI stage (or write foreground-only weights for a one-stage detector).
+
+    The calibration run trains with the sigmoid baseline when the chosen loss is ECM (its weights are what
+    is being measured); the fg:bg mix is set by the RoI sampler and the proposals. launcher=slurm
+    calibrates in this process (a short run, before the job is submitted). `counts` is `ensure_counts`'
+    (path, document) when the caller already has it (no second hash).
+    """
+    c = cfg.calibrate
+    if int(c.max_iters) <= 0:
+        raise UserError(f"calibrate.max_iters must be > 0, got {c.max_iters}")
+    kind = detector_kind(base_config(cfg).model)
+    counts_file, counts_doc = counts or ensure_counts(cfg, say)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    result = CalibrationResult(detector=cfg.detector.name, dataset=cfg.dataset.name, counts_file=str(counts_file),
+                               kind=kind, config=OmegaConf.to_container(cfg, resolve=True))
+    if kind == "one_stage":
+        say(f"{cfg.detector.name} is a one-stage detector: no background class to calibrate "
+            "(foreground-only weights, supplementary section 6)")
+        wf = out / "weights.json"
+        write_weights(counts_file, wf)
+        result.weights_files = [str(wf)]
+    else:
+        loss = cfg.loss if cfg.loss.type != "ecm" else OmegaConf.create({"name": "bce", "type": "bce"})
+        traces = _measure(cfg, out, class_names(counts_doc), loss, say)
+        stages = summarize(traces, int(c.bootstrap))
+        for st in stages:
+            if not (math.isfinite(st["r"]) and st["r"] > 0):
+                raise UserError(f"stage {st['stage']}: no foreground RoIs in {st['iters']} iterations; "
+                                "raise calibrate.max_iters or check the dataset's annotations")
+            name = "weights.json" if len(stages) == 1 else f"weights_stage{st['stage']}.json"
+            write_weights(counts_file, out / name, bg_ratio=st["r"])
+            result.weights_files.append(str(out / name))
+        result.iters, result.r, result.ci95 = len(traces[0]), stages[0]["r"], stages[0]["ci95"]
+        result.per_stage, result.trace, result.calibration_loss = stages, stages[0]["trace"], loss.name
+    atomic_write_json(out / CALIBRATION_JSON, result.to_json())
+    return result
+
+
+def _measure(cfg: DictConfig, out: Path, classes: list[str], loss: DictConfig, say: Say) -> list[np.ndarray]:
+    """Train for at most calibrate.max_iters iterations with the calibration hook; its per-stage traces."""
+    c = cfg.calibrate
+    cal = cfg.copy()
+    OmegaConf.update(cal, "train.max_iters", int(c.max_iters))
+    OmegaConf.update(cal, "train.checkpoint_interval", int(c.max_iters) + 1)
+    mm = build_mm_config(cal, classes, out.resolve(), loss=loss)
+    if mm.launcher == "slurm":
+        mm.launcher = "none"
+    mm.default_hooks.checkpoint = None
+    mm.default_hooks.pop("visualization")
+    mm.visualizer.vis_backends = [dict(type="LocalVisBackend")]
+    trace_file = out / TRACE_JSON
+    trace_file.unlink(missing_ok=True)
+    mm.custom_hooks = [dict(type="ecmctl.CalibrationHook", min_iters=int(c.min_iters), rel_tol=float(c.rel_tol),
+                            bootstrap=int(c.bootstrap), out_file=str(trace_file.resolve()))]
+    mm.log_level = "WARNING"  # the calibration bar shows progress
+    atomic_write_text(out / CALIBRATION_MM_CONFIG, mm.pretty_text)
+    launcher = cfg.launcher if cfg.launcher.name == "torchrun" else OmegaConf.create({"name": "local"})
+    launch(Task("ecmctl.engine.runner:train_run", str(out), {"config": CALIBRATION_MM_CONFIG}), launcher, say,
+           device=cfg.device)
+    traces = json.loads(trace_file.read_text())["traces"]
+    return [np.asarray(t, dtype=np.float64).reshape(-1, 2) for t in traces]
