@@ -1,7 +1,7 @@
 """Benchmark `ecmctl count` against `lvis.LVIS(path)` on an LVIS-v1-shaped annotation file.
 
 The file is generated once (cached under benchmarks/.cache/) with per-category instance and image
-counts equal to LVIS v1 train (ecmctl/data/lvis_v1_categories.tsv), ~100k images and 1.27M polygon
+counts equal to LVIS v1 train (ecmctl/dataset/lvis_v1_categories.tsv), ~100k images and 1.27M polygon
 annotations (~1 GB). Each method runs in its own subprocess; its wall time and peak RSS
 (ru_maxrss of that child alone, from os.wait4) are measured, and both results are checked against the
 tsv counts exactly.
@@ -36,7 +36,7 @@ NUM_POOL = 4096
 
 def reference_categories() -> list[dict]:
     """LVIS v1 train per-category statistics shipped with ecmctl, in category order."""
-    text = (resources.files("ecmctl.data") / "lvis_v1_categories.tsv").read_text()
+    text = (resources.files("ecmctl.dataset") / "lvis_v1_categories.tsv").read_text()
     cats = []
     for rec in csv.DictReader(io.StringIO(text), delimiter="\t"):
         cats.append({"id": int(rec["id"]), "name": rec["name"], "frequency": rec["frequency"],

@@ -93,7 +93,7 @@ def test_observer_does_not_change_training(overrides, tmp_path):
 @pytest.mark.parametrize("extra, message", [
     (["detector=nope"], "unknown detector 'nope'"),
     (["dataset=lvis_v1", "data_root=/nonexistent"], "lvis_v1_train.json does not exist"),
-    (["calibrate.max_iters=0"], "calibrate.max_iters must be > 0"),
+    (["calibrate.max_iters=0"], "config key 'calibrate.max_iters' = 0: must be >= 1"),
 ])
 def test_bad_input_exits_2_and_writes_nothing(overrides, tmp_path, extra, message):
     out = tmp_path / "cal"

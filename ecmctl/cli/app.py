@@ -147,6 +147,9 @@ def calibrate(
     out_dir = out or new_run_dir(Path(cfg.run_root) / "calibrate", f"{cfg.detector.name}-{cfg.dataset.name}")
     res = run_calibration(cfg, out_dir, _say)
     for st in res.per_stage:
+        if st["ci95"] is None:
+            console.print(f"stage {st['stage']}: r = {st['r']:.4f} (fixed by calibrate.bg_ratio)")
+            continue
         lo, hi = st["ci95"]
         console.print(f"stage {st['stage']}: r = {st['r']:.4f}  95% CI [{lo:.4f}, {hi:.4f}]  "
                       f"({st['iters']} iterations, {st['fg']} fg / {st['bg']} bg RoIs)")
@@ -160,14 +163,24 @@ def train(
     resume: Path | None = typer.Option(None, "--resume", help="Continue RUN_DIR from its last checkpoint."),
     multirun: bool = typer.Option(False, "-m", "--multirun", help="Sweep: a=1,2 b=x,y runs every combination."),
     show_cfg: bool = typer.Option(False, "--cfg", help="Print the resolved config and exit."),
+    mmdet_config: Path | None = typer.Option(
+        None, "--mmdet-config", help="Write the fully resolved mmdet config to this file and exit (no data read, "
+        "no calibration, no training)."),
 ) -> None:
     """Train any mmdet detector with the chosen loss (runs count/calibrate first when needed).
 
-    Examples: ecmctl train detector=faster_rcnn_tiny loss=ecm schedule=smoke;
-    ecmctl train -m loss=ecm,bce seed=0,1,2;  ecmctl train --resume runs/NAME/TIMESTAMP
+    Examples: ecmctl train recipe=ecm_r50_1x data_root=/data launcher=torchrun launcher.nproc_per_node=8;
+    ecmctl train detector=faster_rcnn_tiny loss=ecm schedule=smoke;  ecmctl train -m loss=ecm,bce seed=0,1,2;
+    ecmctl train --resume runs/NAME/TIMESTAMP;  ecmctl train recipe=ecm_r50_1x --mmdet-config r50.py
     """
     from ecmctl.pipeline import train as training
 
+    if mmdet_config is not None:
+        if multirun or resume is not None:
+            raise UserError("--mmdet-config writes one config: it takes neither --multirun nor --resume")
+        out = training.write_mmdet_config(_compose(overrides, show_cfg), mmdet_config, _say)
+        console.print(f"wrote {out}")
+        return
     if resume is not None:
         if overrides:
             raise UserError("--resume takes no overrides: the run keeps the config it was started with")
@@ -185,6 +198,34 @@ def train(
         return
     run = training.train(_compose(overrides, False), overrides or [], _say)
     console.print(f"{run.meta['status']}: {run.path}")
+
+
+@app.command()
+@user_errors
+def recipes() -> None:
+    """The paper's recipes: detector, schedule, GPUs x images assumed, published AP, and the command to run each.
+
+    Example: ecmctl recipes
+    """
+    from ecmctl.cli.render import recipes_table
+    from ecmctl.pipeline.recipes import OFFICIAL_BG_RATIO_OVERRIDE, list_recipes
+
+    console.print(recipes_table(list_recipes()))
+    console.print(f"r is measured by calibration; add {OFFICIAL_BG_RATIO_OVERRIDE} to use the official code's "
+                  "constant for every RoI stage instead.", highlight=False)
+
+
+@app.command()
+@user_errors
+def prefetch(overrides: list[str] | None = OVERRIDES) -> None:
+    """Download the backbone checkpoint a config needs into the cache mmengine reads (run it on a login node).
+
+    Example: ecmctl prefetch recipe=ecm_r101_2x
+    """
+    from ecmctl.pipeline.train import prefetch_checkpoints
+
+    for name, path in prefetch_checkpoints(_compose(overrides, False), _say):
+        console.print(f"{name}: {path}")
 
 
 @app.command("eval")

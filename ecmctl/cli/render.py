@@ -139,14 +139,22 @@ def weights_table(doc: dict, rows: int = 5):
     return table
 
 
-def metrics_table(docs: list[dict], names: list[str] | None = None):
-    """Runs side by side (box, then mask); columns after the first show deltas against the first."""
+def paper_ap(doc: dict, iou: str) -> float | None:
+    """The AP (%) the paper reports for the recipe this run followed, if any."""
+    return (((doc.get("recipe") or {}).get("paper") or {}).get(iou))
 
+
+def metrics_table(docs: list[dict], names: list[str] | None = None):
+    """Runs side by side (box, then mask); columns after the first show deltas against the first, and a
+    "paper" column gives the published AP of the first run's recipe with the measured difference."""
     names = names or [Path(d["run"]).parent.name + "/" + Path(d["run"]).name for d in docs]
     table = Table(title="LVIS evaluation (AP in %)")
     table.add_column("metric")
     for i, n in enumerate(names):
         table.add_column(n if i == 0 else f"{n} (Δ)", justify="right")
+    with_paper = any(paper_ap(docs[0], iou) is not None for iou in ("bbox", "segm"))
+    if with_paper:
+        table.add_column(f"paper ({docs[0]['recipe']['name']}; measured Δ)", justify="right")
     for iou in ("bbox", "segm"):
         if not any(iou in d for d in docs):
             continue
@@ -160,6 +168,11 @@ def metrics_table(docs: list[dict], names: list[str] | None = None):
                     cells.append(f"{100 * v:.1f}")
                 else:
                     cells.append(f"{100 * v:.1f} ({100 * (v - vals[0]):+.1f})")
+            if with_paper:
+                paper = paper_ap(docs[0], iou) if key == "AP" else None
+                measured = vals[0] if vals[0] is not None and vals[0] >= 0 else None
+                cells.append("" if paper is None else f"{paper:.1f}" + (
+                    f" ({100 * measured - paper:+.1f})" if measured is not None else ""))
             table.add_row(f"{iou} {key}", *cells)
     return table
 
@@ -194,4 +207,16 @@ def demo_table(summary: dict):
             delta = "-" if b is None or e is None else f"{100 * (e - b):+.1f}"
             table.add_row(f"{iou} {key}", _pct(b), _pct(e), delta)
     table.caption = "stage seconds: " + ", ".join(f"{k} {v:.0f}" for k, v in summary["stage_seconds"].items())
+    return table
+
+
+def recipes_table(recipes) -> Table:
+    """`ecmctl recipes`: one row per paper recipe, with the published numbers and the command."""
+    table = Table(title="paper recipes (LVIS v1; box / mask AP as published, %)")
+    for col in ("recipe", "detector", "loss", "schedule", "GPUs x images", "paper box / mask", "command"):
+        table.add_column(col, overflow="fold")
+    for r in recipes:
+        paper = "-" if r.paper_bbox is None else f"{r.paper_bbox:.1f} / {r.paper_segm:.1f}"
+        table.add_row(r.name, r.detector, r.loss, r.schedule, f"{r.gpus} x {r.images_per_gpu}", paper,
+                      escape(r.command))
     return table

@@ -1,4 +1,5 @@
-"""Hydra composition of `conf/`: the same config tree for calibrate, train, eval and sweeps."""
+"""Hydra composition of `conf/`: the same config tree for calibrate, train, eval and sweeps, typed and
+checked once (config_schema.validate) before anything runs."""
 
 from __future__ import annotations
 
@@ -7,9 +8,10 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
+from ecmctl.core.config_schema import validate
 from ecmctl.core.errors import UserError
 
-GROUPS = ("dataset", "detector", "loss", "schedule", "launcher")
+GROUPS = ("dataset", "detector", "loss", "schedule", "launcher", "recipe")
 
 
 def conf_dir() -> Path:
@@ -27,11 +29,24 @@ def choices(group: str) -> list[str]:
 
 
 def _explain(overrides: list[str], err: Exception) -> str:
+    """One line for a Hydra composition error: an unknown group option or key, with a near miss."""
+    import difflib
+
+    from omegaconf.errors import ConfigAttributeError, ConfigKeyError
+
     msg = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
     for ov in overrides:
         key, _, value = ov.lstrip("+~").partition("=")
         if key in GROUPS and value and value not in choices(key) and "," not in value:
-            return f"unknown {key} {value!r}; valid: {', '.join(choices(key))}"
+            close = difflib.get_close_matches(value, choices(key), n=1, cutoff=0.6)
+            return (f"unknown {key} {value!r}; valid: {', '.join(choices(key))}"
+                    + (f"; did you mean {close[0]!r}?" if close else ""))
+    cause = err.__cause__ or err.__context__
+    if isinstance(cause, (ConfigKeyError, ConfigAttributeError)) and getattr(cause, "full_key", None):
+        from ecmctl.core.config_schema import RootConf, unknown_key
+
+        chosen = [ov.partition("=")[2] for ov in overrides if ov.lstrip("+").startswith("launcher=")]
+        return unknown_key(str(cause.full_key), RootConf, launcher=(chosen or ["local"])[-1])
     return f"bad override in {' '.join(overrides) or '(none)'}: {msg}"
 
 
@@ -54,7 +69,7 @@ def compose(overrides: list[str] | tuple[str, ...] = ()) -> DictConfig:
         OmegaConf.resolve(cfg)
     except Exception as e:
         raise UserError(f"config does not resolve: {e}") from None
-    return cfg
+    return validate(cfg)
 
 
 def expand_sweep(overrides: list[str]) -> list[list[str]]:

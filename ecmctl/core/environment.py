@@ -5,6 +5,8 @@ from __future__ import annotations
 import platform
 from importlib import metadata
 
+from ecmctl.core.errors import UserError
+
 # key in collect_info()["versions"] -> distribution name
 PACKAGES = {
     "torch": "torch",
@@ -30,11 +32,26 @@ def versions() -> dict[str, str | None]:
     return {"python": platform.python_version(), **{k: _version(d) for k, d in PACKAGES.items()}}
 
 
-def device_name() -> str:
+def require_device(device: str) -> None:
+    """`device=cuda` means CUDA: refuse (UserError) when no GPU is usable, naming what was found, so a broken
+    CUDA setup never runs a full-size job on the CPU."""
+    if device != "cuda":
+        return
+    import torch
+
+    if not torch.cuda.is_available():
+        build = f"CUDA {torch.version.cuda}" if torch.version.cuda else "a CPU-only build"
+        raise UserError(f"device=cuda, but CUDA is not usable here: torch {torch.__version__} is {build} and sees "
+                        f"{torch.cuda.device_count()} GPU(s); fix the CUDA setup or use device=auto or device=cpu")
+
+
+def device_name(device: str = "auto") -> str:
     """The GPU this process trains on, else the CPU."""
     import torch
 
-    return torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"cpu ({platform.processor() or 'x86_64'})"
+    if device != "cpu" and torch.cuda.is_available():
+        return torch.cuda.get_device_name(0)
+    return f"cpu ({platform.processor() or 'x86_64'})"
 
 
 def _mmcv_ops() -> tuple[bool, str | None]:

@@ -1,4 +1,8 @@
-"""Run directories: runs/<name>/<timestamp>/ with run.json, the configs, inputs and mmengine's outputs."""
+"""Run directories: runs/<name>/<timestamp>/ with run.json, the configs, inputs and mmengine's outputs.
+
+A run directory refers to its own files by paths relative to itself (inputs/, checkpoints), so a copied or
+moved run is self-contained and never reads another run's files.
+"""
 
 from __future__ import annotations
 
@@ -86,22 +90,52 @@ class RunDir:
             os.close(self._lock_fd)
             self._lock_fd = None
 
-    def save_input(self, key: str, src: str | os.PathLike) -> Path:
-        """Copy an input file (counts, calibration, weights) into inputs/ and record its sha256."""
+    @classmethod
+    def create(cls, path: str | os.PathLike) -> RunDir:
+        """A new run in `path`, which must not hold anything yet: a finished or running run is never
+        overwritten or mixed with another's checkpoints."""
+        path = Path(path)
+        if path.exists() and (not path.is_dir() or any(path.iterdir())):
+            what = "a run directory" if (path / RUN_JSON).is_file() else "not empty"
+            raise UserError(f"{path}: {what}; continue it with `ecmctl train --resume {path}` or choose a new "
+                            "run_dir")
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise UserError(f"{path}: cannot create the run directory ({e.strerror}); choose another "
+                            "run_root or run_dir") from None
+        return cls(path)
+
+    def relative(self, path: str | os.PathLike | None) -> str | None:
+        """`path` relative to the run directory (how run.json refers to the run's own files)."""
+        return None if path is None else os.path.relpath(Path(path).resolve(), self.path.resolve())
+
+    def save_input(self, key: str, src: str | os.PathLike, name: str | None = None) -> Path:
+        """Copy an input file (counts, calibration, weights) to inputs/<name> and record its sha256."""
         dst_dir = self.path / "inputs"
         dst_dir.mkdir(exist_ok=True)
-        dst = dst_dir / Path(src).name
+        dst = dst_dir / (name or Path(src).name)
         if Path(src).resolve() != dst.resolve():
             shutil.copyfile(src, dst)
-        inputs = {**self.meta.get("inputs", {}), key: {"path": str(dst), "source": str(src),
+        inputs = {**self.meta.get("inputs", {}), key: {"path": self.relative(dst), "source": str(Path(src).resolve()),
                                                        "sha256": sha256_file(dst)}}
         self.update(inputs=inputs)
         return dst
 
+    def input_path(self, key: str) -> Path | None:
+        """The run's copy of input `key` (None when the run has none)."""
+        entry = (self.meta.get("inputs") or {}).get(key)
+        if not entry:
+            return None
+        given = Path(entry["path"] if isinstance(entry, dict) else entry)
+        return self.path / (given if not given.is_absolute() else Path("inputs") / given.name)
+
     def last_checkpoint(self) -> Path | None:
+        """This run's newest checkpoint, looked up inside this directory only (mmengine's last_checkpoint
+        marker holds an absolute path, which in a copied run points at the original)."""
         marker = self.path / "last_checkpoint"
         if marker.is_file():
-            ckpt = Path(marker.read_text().strip())
+            ckpt = self.path / Path(marker.read_text().strip()).name
             if ckpt.is_file():
                 return ckpt
         ckpts = sorted(self.path.glob("iter_*.pth"), key=lambda p: int(p.stem.split("_")[1]))

@@ -104,6 +104,11 @@ def class_specs(num_classes: int) -> list[ClassSpec]:
     return specs
 
 
+def class_names(num_classes: int) -> list[str]:
+    """The category names of a synthetic set of `num_classes` classes, in the order of its `categories`."""
+    return [s.name for s in class_specs(num_classes)]
+
+
 def _group_sizes(num_classes: int) -> tuple[int, int, int]:
     """About a third of the classes in each designed group (frequent, common, rare)."""
     n_r = n_c = round(num_classes / 3)

@@ -16,7 +16,8 @@ from ecmctl.losses.placement import apply_loss, apply_normed_head
 
 # ecmctl's launcher -> mmengine's `launcher` (how each rank initialises torch.distributed)
 MM_LAUNCHERS = {"local": "none", "torchrun": "pytorch", "slurm": "slurm"}
-CUSTOM_IMPORTS = ["ecmctl.losses", "ecmctl.engine.compat", "ecmctl.engine.lvis_metric", "ecmctl.engine.hooks"]
+CUSTOM_IMPORTS = ["ecmctl.losses", "ecmctl.engine.compat", "ecmctl.engine.lvis_metric", "ecmctl.engine.hooks",
+                  "ecmctl.engine.loops"]
 
 
 def mmdet_config_path(rel: str) -> Path:
@@ -34,16 +35,28 @@ def _plain(node) -> dict | list:
 
 
 def base_config(cfg: DictConfig):
-    """mmdet's config for the chosen detector with the detector group's `model` overrides merged in."""
+    """mmdet's config for the chosen detector with the detector group's `model` overrides merged in,
+    its backbone initialised from `detector.pretrained` (null: random init) and, with
+    `detector.normed_head`, the paper's normalised classifiers."""
     from mmengine.config import Config
 
     mm = Config.fromfile(str(mmdet_config_path(cfg.detector.mmdet_config)))
     overrides = _plain(cfg.detector.model) or {}
     if overrides:
         mm.merge_from_dict({"model": overrides}, allow_list_keys=True)
+    pretrained = cfg.detector.pretrained
+    if "://" not in str(pretrained) and pretrained is not None:
+        pretrained = str(Path(pretrained).expanduser().resolve())  # a local file, wherever the run starts
+    mm.model.backbone.init_cfg = dict(type="Pretrained", checkpoint=pretrained) if pretrained else None
     if cfg.detector.normed_head:
         apply_normed_head(mm.model)
     return mm
+
+
+def pretrained_checkpoint(mm) -> str | None:
+    """The checkpoint the backbone initialises from (a name such as torchvision://resnet50, a URL or a file)."""
+    init = mm.model.backbone.get("init_cfg") or {}
+    return init.get("checkpoint") if init.get("type") == "Pretrained" else None
 
 
 def _pipelines(ds: DictConfig, with_mask: bool) -> tuple[list, list]:
@@ -70,8 +83,10 @@ def _dataset(ds: DictConfig, ann: str, classes: Sequence[str], pipeline: list, t
 
 
 def build_mm_config(cfg: DictConfig, classes: Sequence[str], work_dir: str | Path,
-                    weights_files: Sequence[str | None] | str | None = None, loss: DictConfig | None = None):
-    """The full mmengine Config for train/calibrate/eval of `cfg` (loss defaults to cfg.loss)."""
+                    weights_files: Sequence[str | None] | str | None = None, loss: DictConfig | None = None,
+                    lr: float | None = None):
+    """The full mmengine Config for train/calibrate/eval of `cfg` (loss defaults to cfg.loss, the learning
+    rate to schedule.lr: the caller passes it scaled to the run's effective batch)."""
     mm = base_config(cfg)
     loss = loss if loss is not None else cfg.loss
     apply_loss(mm.model, _plain(loss), len(classes), weights_files)
@@ -85,8 +100,8 @@ def build_mm_config(cfg: DictConfig, classes: Sequence[str], work_dir: str | Pat
         train_ds = dict(type="ClassBalancedDataset", oversample_thr=float(ds.rfs_thr), dataset=train_ds)
     mm.train_dataloader = dict(
         batch_size=int(tr.batch_size), num_workers=int(tr.num_workers), persistent_workers=False,
-        sampler=dict(type="InfiniteSampler", shuffle=True), batch_sampler=dict(type="AspectRatioBatchSampler"),
-        dataset=train_ds)
+        sampler=dict(type="DefaultSampler" if sch.by_epoch else "InfiniteSampler", shuffle=True),
+        batch_sampler=dict(type="ecmctl.AspectRatioBatchSampler"), dataset=train_ds)
     mm.test_dataloader = dict(
         batch_size=1, num_workers=int(tr.num_workers), persistent_workers=False, drop_last=False,
         sampler=dict(type="DefaultSampler", shuffle=False),
@@ -96,33 +111,16 @@ def build_mm_config(cfg: DictConfig, classes: Sequence[str], work_dir: str | Pat
                              classwise=False)  # `ecmctl eval` turns it on
     mm.test_cfg = dict(type="TestLoop")
     set_test_protocol(mm.model, float(cfg.eval.score_thr), int(cfg.eval.max_per_img))
-    max_iters, val_interval = int(tr.max_iters), int(tr.val_interval)
-    mm.train_cfg = dict(type="IterBasedTrainLoop", max_iters=max_iters,
-                        val_interval=val_interval if val_interval > 0 else max_iters + 1)
-    if val_interval > 0:
-        mm.val_dataloader, mm.val_evaluator, mm.val_cfg = mm.test_dataloader, mm.test_evaluator, dict(type="ValLoop")
-    else:
-        mm.val_dataloader = mm.val_evaluator = mm.val_cfg = None
-    mm.optim_wrapper = dict(
-        type="AmpOptimWrapper" if tr.amp else "OptimWrapper",
-        optimizer=dict(type="SGD", lr=float(sch.lr), momentum=float(sch.momentum),
-                       weight_decay=float(sch.weight_decay)),
-        clip_grad=dict(max_norm=float(sch.grad_clip), norm_type=2) if sch.grad_clip else None)
-    warmup = min(int(sch.warmup_iters), max_iters)
-    mm.param_scheduler = [
-        dict(type="LinearLR", start_factor=0.001, by_epoch=False, begin=0, end=max(warmup, 1)),
-        dict(type="MultiStepLR", by_epoch=False, begin=0, end=max_iters, gamma=0.1,
-             milestones=[max(1, int(f * max_iters)) for f in sch.milestones]),
-    ]
+    _schedule(mm, sch, tr, float(sch.lr if lr is None else lr))
     mm.default_hooks = dict(
         timer=dict(type="IterTimerHook"),
-        logger=dict(type="LoggerHook", interval=min(50, max(1, max_iters // 10))),
+        logger=dict(type="LoggerHook", interval=min(50, max(1, int(tr.max_iters) // 10)) if tr.max_iters else 50),
         param_scheduler=dict(type="ParamSchedulerHook"),
         checkpoint=dict(type="CheckpointHook", by_epoch=False, interval=int(tr.checkpoint_interval),
                         max_keep_ckpts=2, save_last=True),
         sampler_seed=dict(type="DistSamplerSeedHook"),
         visualization=dict(type="DetVisualizationHook"))
-    mm.log_processor = dict(type="LogProcessor", window_size=20, by_epoch=False)
+    mm.log_processor = dict(type="LogProcessor", window_size=20, by_epoch=bool(sch.by_epoch))
     mm.log_level = str(tr.log_level)
     mm.custom_hooks = [dict(type="ecmctl.ProgressHook")] if tr.progress else []
     mm.visualizer = dict(type="DetLocalVisualizer",
@@ -134,10 +132,45 @@ def build_mm_config(cfg: DictConfig, classes: Sequence[str], work_dir: str | Pat
     mm.custom_imports = dict(imports=CUSTOM_IMPORTS, allow_failed_imports=False)
     mm.work_dir = str(work_dir)
     mm.load_from, mm.resume = None, False
-    mm.auto_scale_lr = dict(enable=False, base_batch_size=16)
-    for key in ("train_pipeline", "test_pipeline", "backend_args", "dataset_type", "data_root"):
+    mm.auto_scale_lr = dict(enable=False, base_batch_size=int(sch.base_batch_size))  # ecmctl scales lr itself
+    for key in ("train_pipeline", "test_pipeline", "backend_args", "dataset_type", "data_root", "max_epochs"):
         mm.pop(key, None)
     return mm
+
+
+def _schedule(mm, sch: DictConfig, tr: DictConfig, lr: float) -> None:
+    """Train loop, optimizer and lr schedule: epochs of the (RFS-resampled) set, or iterations."""
+    val = int(tr.val_interval)
+    if sch.by_epoch:
+        epochs = int(tr.max_epochs)
+        mm.train_cfg = dict(type="ecmctl.EpochBasedTrainLoop", max_epochs=epochs,
+                            val_interval=val if val > 0 else epochs + 1)
+        if tr.max_iters is not None:  # a cap, for smoke tests of epoch-based recipes
+            mm.train_cfg["max_iters"] = int(tr.max_iters)
+        steps = dict(type="MultiStepLR", by_epoch=True, begin=0, end=epochs, gamma=0.1,
+                     milestones=[int(m) for m in sch.milestones])
+        warmup_end = int(sch.warmup_iters)
+    else:
+        iters = int(tr.max_iters)
+        mm.train_cfg = dict(type="IterBasedTrainLoop", max_iters=iters, val_interval=val if val > 0 else iters + 1)
+        steps = dict(type="MultiStepLR", by_epoch=False, begin=0, end=iters, gamma=0.1,
+                     milestones=[max(1, int(f * iters)) for f in sch.milestones])
+        warmup_end = min(int(sch.warmup_iters), iters)
+    mm.param_scheduler = [dict(type="LinearLR", start_factor=float(sch.warmup_ratio), by_epoch=False, begin=0,
+                               end=max(warmup_end, 1)), steps]
+    if val > 0:
+        mm.val_dataloader, mm.val_evaluator, mm.val_cfg = mm.test_dataloader, mm.test_evaluator, dict(type="ValLoop")
+    else:
+        mm.val_dataloader = mm.val_evaluator = mm.val_cfg = None
+    if sch.mmdet_optimizer:  # the detector's own settings (e.g. FCOS: bias lr x2, no bias decay, clip 35)
+        wrapper = mm.optim_wrapper.to_dict() if hasattr(mm.optim_wrapper, "to_dict") else dict(mm.optim_wrapper)
+        wrapper["optimizer"] = {**wrapper["optimizer"], "lr": lr}
+    else:
+        wrapper = dict(optimizer=dict(type="SGD", lr=lr, momentum=float(sch.momentum),
+                                      weight_decay=float(sch.weight_decay)),
+                       clip_grad=dict(max_norm=float(sch.grad_clip), norm_type=2) if sch.grad_clip else None)
+    wrapper["type"] = "AmpOptimWrapper" if tr.amp else "OptimWrapper"
+    mm.optim_wrapper = wrapper
 
 
 def set_test_protocol(model, score_thr: float, max_per_img: int) -> None:

@@ -56,14 +56,35 @@ def _distributed_on_this_host(mm) -> None:
         dist.init_process_group(backend="gloo")
 
 
+def load_run_config(run_dir: str | Path, name: str):
+    """An mmdet config from the run directory, its run-relative paths (the ECM weights files under inputs/)
+    anchored at this directory, wherever the run was created or moved to."""
+    from mmengine.config import Config
+
+    run_dir = Path(run_dir).resolve()
+    mm = Config.fromfile(str(run_dir / name))
+
+    def anchor(node) -> None:
+        if isinstance(node, dict):
+            for key, value in node.items():
+                if key == "weights_file" and isinstance(value, str) and not Path(value).is_absolute():
+                    node[key] = str(run_dir / value)
+                else:
+                    anchor(value)
+        elif isinstance(node, list):
+            for item in node:
+                anchor(item)
+
+    anchor(mm.model)
+    return mm
+
+
 def train_run(run_dir: str | Path, resume: bool = False, config: str = MM_CONFIG, launcher: str | None = None,
               hooks=()) -> None:
     """Train in this process from the mmdet config `config` in `run_dir` (one rank under torchrun/SLURM),
     with extra mmengine hook objects (the SLURM job's requeue hook)."""
-    from mmengine.config import Config
-
     run_dir = Path(run_dir)
-    mm = Config.fromfile(str(run_dir / config))
+    mm = load_run_config(run_dir, config)
     mm.work_dir = str(run_dir.resolve())
     mm.resume = bool(resume)
     if launcher is not None:
@@ -78,12 +99,10 @@ def test_run(run_dir: str | Path, config: str, out: str, launcher: str | None = 
     """Test with the mmdet config `config` in `run_dir` (one rank); rank 0 writes the metrics dict to `out`."""
     import json
 
-    from mmengine.config import Config
-
     from ecmctl.core.io import atomic_write_text
 
     run_dir = Path(run_dir)
-    mm = Config.fromfile(str(run_dir / config))
+    mm = load_run_config(run_dir, config)
     if launcher is not None:
         mm.launcher = launcher
     runner = make_runner(mm)

@@ -12,7 +12,7 @@ from omegaconf import DictConfig
 from ecmctl.core.errors import UserError
 from ecmctl.launch.task import Task, train_task
 
-__all__ = ["Task", "launch", "train_task"]
+__all__ = ["Task", "launch", "train_task", "world_size"]
 
 
 def launch(task: Task, launcher: DictConfig, say, device: str = "auto") -> None:
@@ -33,3 +33,15 @@ def launch(task: Task, launcher: DictConfig, say, device: str = "auto") -> None:
         submit_slurm(task, launcher, say)
     else:
         raise UserError(f"unknown launcher {name!r}; valid: local, torchrun, slurm")
+
+
+def world_size(launcher: DictConfig) -> int:
+    """How many processes train together under this launcher (known before launching): the divisor of
+    every per-process batch, so the effective batch and the learning rate can be checked up front."""
+    if launcher.name == "torchrun":
+        return int(launcher.nnodes) * int(launcher.nproc_per_node)
+    if launcher.name == "slurm":
+        from ecmctl.launch.slurm import slurm_tasks_per_node
+
+        return int(launcher.nodes) * slurm_tasks_per_node(launcher)
+    return 1

@@ -8,7 +8,6 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
-from ecmctl.core.errors import UserError
 from ecmctl.core.runs import RunDir, now
 from ecmctl.launch.task import Task
 
@@ -95,14 +94,8 @@ def _requeue_between_iterations():
 
 def slurm_tasks_per_node(lc: DictConfig) -> int:
     """tasks_per_node, or when null one task per GPU (gpus_per_node; 1 on a CPU-only node)."""
-    gpus = int(lc.gpus_per_node)
-    if gpus < 0:
-        raise UserError(f"launcher.gpus_per_node={gpus}: must be 0 (CPU-only) or more")
     tasks = lc.get("tasks_per_node")
-    tasks = (gpus or 1) if tasks is None else int(tasks)
-    if tasks < 1:
-        raise UserError(f"launcher.tasks_per_node={tasks}: must be at least 1 (or null: one per GPU)")
-    return tasks
+    return (int(lc.gpus_per_node) or 1) if tasks is None else int(tasks)
 
 
 def slurm_parameters(lc: DictConfig) -> dict:

@@ -12,8 +12,10 @@ from ecmctl.core.errors import UserError
 
 ROI_LOSSES = ("ecm", "bce", "ce", "seesaw")
 DENSE_LOSSES = ("ecm", "bce")
-# Dense heads whose classification loss is a sigmoid focal loss, the form ECMFocalLoss generalises.
+# Dense heads whose classification loss is a sigmoid focal loss (ECMFocalLoss generalises it) or
+# VarifocalNet's varifocal loss (ECMVarifocalLoss).
 FOCAL_TYPES = ("FocalLoss", "ECMFocalLoss")
+VARIFOCAL_TYPES = ("VarifocalLoss", "ECMVarifocalLoss")
 
 
 def _as_list(x) -> list:
@@ -67,17 +69,25 @@ def roi_loss(loss: Mapping, num_classes: int, weights_file: str | None) -> dict:
     raise UserError(f"unknown loss type {kind!r}; valid for RoI heads: {', '.join(ROI_LOSSES)}")
 
 
-def dense_loss(loss: Mapping, head_type: str, weights_file: str | None) -> dict:
+def dense_loss(loss: Mapping, head_type: str, weights_file: str | None, varifocal: bool = False) -> dict:
+    """The dense head's loss: focal (RetinaNet, FCOS, ATSS) or varifocal (VarifocalNet) weighting of
+    the plain (bce) or ECM surrogate (ecm) sigmoid score."""
     kind, lw = loss["type"], float(loss.get("loss_weight", 1.0))
-    focal = dict(loss.get("focal") or {})
-    gamma, alpha = float(focal.get("gamma", 2.0)), float(focal.get("alpha", 0.25))
+    weighting = dict(loss.get("varifocal" if varifocal else "focal") or {})
+    gamma, alpha = float(weighting.get("gamma", 2.0)), float(weighting.get("alpha", 0.75 if varifocal else 0.25))
     if kind == "ecm":
         if not weights_file:
             raise UserError("loss=ecm needs a foreground-only weights file for a dense head; "
                             "run `ecmctl weights COUNTS` or pass weights_file=PATH")
+        if varifocal:
+            return dict(type="ECMVarifocalLoss", weights_file=str(weights_file), gamma=gamma, alpha=alpha,
+                        iou_weighted=True, loss_weight=lw, use_sigmoid=True)
         return dict(type="ECMFocalLoss", weights_file=str(weights_file), gamma=gamma, alpha=alpha,
                     loss_weight=lw, use_sigmoid=True)
     if kind == "bce":
+        if varifocal:
+            return dict(type="VarifocalLoss", use_sigmoid=True, gamma=gamma, alpha=alpha, iou_weighted=True,
+                        loss_weight=lw)
         return dict(type="FocalLoss", use_sigmoid=True, gamma=gamma, alpha=alpha, loss_weight=lw)
     raise UserError(f"loss {kind!r} is not defined for the dense head {head_type}; "
                     f"valid: {', '.join(DENSE_LOSSES)}")
@@ -95,11 +105,11 @@ def apply_loss(model: Mapping, loss: Mapping, num_classes: int,
     if kind == "one_stage":
         head = model["bbox_head"]
         old = (head.get("loss_cls") or {}).get("type")
-        if old not in FOCAL_TYPES:
+        if old not in FOCAL_TYPES + VARIFOCAL_TYPES:
             raise UserError(f"dense head {head.get('type')} classifies with {old}; ecmctl replaces only "
-                            "FocalLoss-based heads (RetinaNet, FCOS, ATSS, ...)")
+                            "FocalLoss-based heads (RetinaNet, FCOS, ATSS, ...) and VarifocalLoss (VarifocalNet)")
         wf = weights_files[0] if isinstance(weights_files, (list, tuple)) else weights_files
-        head["loss_cls"] = dense_loss(loss, head.get("type"), wf)
+        head["loss_cls"] = dense_loss(loss, head.get("type"), wf, varifocal=old in VARIFOCAL_TYPES)
         return kind
     heads = roi_bbox_heads(model)
     files = list(weights_files) if isinstance(weights_files, (list, tuple)) else [weights_files] * len(heads)

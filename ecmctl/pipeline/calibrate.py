@@ -46,6 +46,7 @@ class CalibrationResult:
     trace: list[list[int]] = field(default_factory=list)
     weights_files: list[str] = field(default_factory=list)
     calibration_loss: str | None = None
+    bg_ratio_source: str = "measured"  # or "fixed": calibrate.bg_ratio given, nothing measured
     config: dict = field(default_factory=dict)
 
     def to_json(self) -> dict:
@@ -62,8 +63,6 @@ def run_calibration(cfg: DictConfig, out_dir: str | Path, say: Say = print,
     (path, document) when the caller already has it (no second hash).
     """
     c = cfg.calibrate
-    if int(c.max_iters) <= 0:
-        raise UserError(f"calibrate.max_iters must be > 0, got {c.max_iters}")
     kind = detector_kind(base_config(cfg).model)
     counts_file, counts_doc = counts or ensure_counts(cfg, say)
     out = Path(out_dir)
@@ -76,6 +75,17 @@ def run_calibration(cfg: DictConfig, out_dir: str | Path, say: Say = print,
         wf = out / "weights.json"
         write_weights(counts_file, wf)
         result.weights_files = [str(wf)]
+    elif c.bg_ratio is not None:
+        r = float(c.bg_ratio)
+        stages = 3 if kind == "cascade" else 1
+        say(f"calibrate.bg_ratio={r:g}: the fixed background ratio for every RoI stage (nothing measured)")
+        for i in range(stages):
+            name = "weights.json" if stages == 1 else f"weights_stage{i}.json"
+            write_weights(counts_file, out / name, bg_ratio=r)
+            result.weights_files.append(str(out / name))
+        result.r, result.bg_ratio_source = r, "fixed"
+        result.per_stage = [{"stage": i, "r": r, "ci95": None, "fg": None, "bg": None, "iters": 0, "trace": []}
+                            for i in range(stages)]
     else:
         loss = cfg.loss if cfg.loss.type != "ecm" else OmegaConf.create({"name": "bce", "type": "bce"})
         traces = _measure(cfg, out, class_names(counts_doc), loss, say)

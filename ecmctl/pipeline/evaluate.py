@@ -96,6 +96,7 @@ def write_metrics(run_dir: Path, ckpt: Path, cfg, raw: dict) -> dict:
            "checkpoint_sha256": sha256_file(ckpt), "evaluated": now(),
            "protocol": {"score_thr": float(cfg.eval.score_thr), "max_per_img": int(cfg.eval.max_per_img),
                         "ann_file": str(cfg.dataset.val_ann)},
+           "recipe": RunDir(run_dir).meta.get("recipe"),  # with the paper's numbers, for a side-by-side
            **parsed}
     atomic_write_json(run_dir / METRICS_JSON, doc)
     return doc

@@ -70,6 +70,23 @@ def class_names(counts: dict) -> list[str]:
     return [c["name"] for c in counts["categories"]]
 
 
+def class_names_without_data(cfg: DictConfig) -> list[str]:
+    """The dataset's classes in mmdet's order without reading its annotation files: LVIS v1's built-in
+    table, the given counts file, or the synthetic set's design."""
+    from ecmctl.dataset.lvis import builtin_counts
+
+    if cfg.dataset.name == "lvis_v1":
+        return class_names(builtin_counts("lvis_v1"))
+    if cfg.counts_file and Path(cfg.counts_file).is_file():
+        return class_names(load_counts(cfg.counts_file)[0])
+    if cfg.dataset.synth:
+        from ecmctl.dataset.synth import class_names as synth_class_names
+
+        return synth_class_names(int(cfg.dataset.synth.classes))
+    raise UserError(f"dataset {cfg.dataset.name}: its class names are not known without reading its annotations; "
+                    "pass counts_file=PATH (from `ecmctl count`)")
+
+
 def check_weights(path: str | Path, counts: dict, with_background: bool) -> None:
     """A weights file must list the dataset's classes, in order, and match the head's layout."""
     w = load_weights(path)

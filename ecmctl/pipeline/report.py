@@ -399,6 +399,10 @@ def metrics_markdown(runs: list[ReportRun]) -> list[str]:
         cells = [_cell(_metric(r.metrics, iou, k), _metric(first.metrics, iou, k), r is first)
                  for iou, k, _ in cols]
         lines.append(f"| {_md(r.label)} | " + " | ".join(cells) + " |")
+    paper = (first.metrics.get("recipe") or {}).get("paper") or {}
+    if any(paper.get(iou) is not None for iou, _ in ious):
+        cells = [f"{paper[iou]:.1f}" if k == "AP" and paper.get(iou) is not None else "" for iou, k, _ in cols]
+        lines.append(f"| paper ({_md(first.metrics['recipe']['name'])}) | " + " | ".join(cells) + " |")
     return lines
 
 

@@ -1,66 +1,140 @@
-"""`ecmctl train`: compose, prepare the run directory (counts, weights, configs), then launch."""
+"""`ecmctl train`: compose, plan (detector kind, batch and lr, backbone weights), prepare the run directory
+(counts, weights, configs), then launch; or write the resolved mmdet config without touching any data."""
 
 from __future__ import annotations
 
+import signal
+from dataclasses import dataclass
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
 from ecmctl.core.config import to_yaml
-from ecmctl.core.environment import device_name, versions
+from ecmctl.core.environment import device_name, require_device, versions
 from ecmctl.core.errors import UserError
-from ecmctl.core.io import atomic_write_text
+from ecmctl.core.io import atomic_write_text, check_output_dir
 from ecmctl.core.runs import HYDRA_CONFIG, MM_CONFIG, RunDir, git_commit, new_run_dir, now
-from ecmctl.engine.builder import base_config, build_mm_config
+from ecmctl.engine.builder import base_config, build_mm_config, pretrained_checkpoint
+from ecmctl.engine.checkpoints import ensure_checkpoint
 from ecmctl.launch import launch, train_task
 from ecmctl.losses.placement import detector_kind
 from ecmctl.pipeline.calibrate import run_calibration
-from ecmctl.pipeline.prepare import Say, check_weights, class_names, ensure_counts
+from ecmctl.pipeline.prepare import Say, check_weights, class_names, class_names_without_data, ensure_counts
+from ecmctl.pipeline.recipes import BatchPlan, plan_batch
 
 
-def resolve_weights(cfg: DictConfig, kind: str, counts_file: Path, counts: dict, run: RunDir,
+@dataclass(frozen=True)
+class RunPlan:
+    """What a run will be, decided from the config alone (no data read): fails fast on bad choices."""
+
+    kind: str  # two_stage | cascade | one_stage
+    batch: BatchPlan
+    pretrained: str | None
+
+    @property
+    def stages(self) -> int:
+        return 3 if self.kind == "cascade" else 1
+
+    def weights_names(self, loss_type: str) -> list[str] | None:
+        """The run's own copies of the weights file(s), relative to the run directory."""
+        if loss_type != "ecm":
+            return None
+        return ["inputs/weights.json"] if self.stages == 1 else [f"inputs/weights_stage{i}.json" for i in range(3)]
+
+
+def plan_run(cfg: DictConfig) -> RunPlan:
+    """Detector kind, batch/lr and backbone checkpoint; refuses what cannot run (device, strict recipe)."""
+    require_device(cfg.device)
+    mm = base_config(cfg)
+    return RunPlan(kind=detector_kind(mm.model), batch=plan_batch(cfg), pretrained=pretrained_checkpoint(mm))
+
+
+def write_mmdet_config(cfg: DictConfig, out: str | Path, say: Say = print) -> Path:
+    """`ecmctl train ... --mmdet-config OUT.py`: the fully resolved mmdet config of the run this command would
+    start, without reading the dataset's files, calibrating or training. Paths into the run directory
+    (the weights files calibration would write) are relative to it."""
+    out = check_output_dir(out)
+    plan = plan_run(cfg)
+    say(plan.batch.message())
+    mm = build_mm_config(cfg, class_names_without_data(cfg), "RUN_DIR", plan.weights_names(cfg.loss.type),
+                         lr=plan.batch.lr)
+    return atomic_write_text(out, mm.pretty_text)
+
+
+def prefetch_checkpoints(cfg: DictConfig, say: Say = print) -> list[tuple[str, Path]]:
+    """`ecmctl prefetch`: every checkpoint the config needs, in the local cache; (name, file) pairs."""
+    name = pretrained_checkpoint(base_config(cfg))
+    if name is None:
+        say(f"detector {cfg.detector.name} starts from random init (detector.pretrained=null): nothing to fetch")
+        return []
+    return [(name, ensure_checkpoint(name, say, timeout=300))]
+
+
+def resolve_weights(cfg: DictConfig, plan: RunPlan, counts_file: Path, counts: dict, run: RunDir,
                     say: Say) -> list[str] | None:
-    """The weights file(s) for loss=ecm: given, or made now (calibrate for RoI heads, weights for dense)."""
-    if cfg.loss.type != "ecm":
+    """The weights file(s) for loss=ecm, copied into the run: given, or made now (calibrate for RoI heads,
+    foreground-only weights for dense heads)."""
+    names = plan.weights_names(cfg.loss.type)
+    if names is None:
         return None
-    stages = 3 if kind == "cascade" else 1
     if cfg.weights_file:
         given = cfg.weights_file
-        files = [str(given)] * stages if isinstance(given, str) else [str(f) for f in given]
+        files = [str(given)] * plan.stages if isinstance(given, str) else [str(f) for f in given]
     else:
         say("loss=ecm has no weights_file: running `ecmctl calibrate` first"
-            + (" (one-stage: foreground-only weights)" if kind == "one_stage" else ""))
+            + (" (one-stage: foreground-only weights)" if plan.kind == "one_stage" else ""))
         cal = run_calibration(cfg, run.path / "calibration", say, counts=(counts_file, counts))
-        run.save_input("calibration", run.path / "calibration" / "calibration.json")
+        run.save_input("calibration", run.path / "calibration" / "calibration.json", "calibration.json")
         files = list(cal.weights_files)
-    if len(files) != stages:
-        raise UserError(f"weights_file: {len(files)} files for {stages} RoI stage(s) of {cfg.detector.name}")
-    for i, f in enumerate(files):
-        check_weights(f, counts, with_background=kind != "one_stage")
-        files[i] = str(run.save_input(f"weights_stage{i}" if stages > 1 else "weights", f))
+    if len(files) != plan.stages:
+        raise UserError(f"weights_file: {len(files)} files for {plan.stages} RoI stage(s) of {cfg.detector.name}")
+    for f, name in zip(files, names):
+        check_weights(f, counts, with_background=plan.kind != "one_stage")
+        run.save_input(Path(name).stem, f, Path(name).name)
         calibration = Path(f).parent / "calibration.json"  # where `calibrate` wrote this file
         if cfg.weights_file and calibration.is_file() and "calibration" not in run.meta.get("inputs", {}):
-            run.save_input("calibration", calibration)
-    return files
+            run.save_input("calibration", calibration, "calibration.json")
+    return names
 
 
 def prepare(cfg: DictConfig, overrides: list[str], say: Say = print) -> RunDir:
-    """Create and lock the run directory, make every missing input, write both configs."""
-    kind = detector_kind(base_config(cfg).model)  # fails fast on an unsupported detector
+    """Plan, create and lock the run directory, make every missing input, write both configs."""
+    plan = plan_run(cfg)
+    say(plan.batch.message())
+    if plan.pretrained:
+        ensure_checkpoint(plan.pretrained, say)
     counts_file, counts = ensure_counts(cfg, say)
-    run = RunDir(Path(cfg.run_dir) if cfg.get("run_dir") else new_run_dir(cfg.run_root, cfg.name))
-    run.path.mkdir(parents=True, exist_ok=True)
+    run = RunDir.create(cfg.run_dir) if cfg.run_dir else RunDir(new_run_dir(cfg.run_root, cfg.name))
     run.lock()
     run.update(name=cfg.name, status="preparing", created=now(), overrides=list(overrides),
-               git_commit=git_commit(), versions=versions(), device=device_name(),
-               launcher=cfg.launcher.name, max_iters=int(cfg.train.max_iters))
-    run.save_input("counts", counts_file)
-    weights = resolve_weights(cfg, kind, counts_file, counts, run, say)
-    mm = build_mm_config(cfg, class_names(counts), run.path.resolve(), weights)
-    atomic_write_text(run.path / HYDRA_CONFIG, to_yaml(cfg))
-    atomic_write_text(run.path / MM_CONFIG, mm.pretty_text)
-    run.update(status="ready")
+               git_commit=git_commit(), versions=versions(), device=device_name(cfg.device),
+               launcher=cfg.launcher.name, max_iters=cfg.train.max_iters, max_epochs=cfg.train.max_epochs,
+               recipe=OmegaConf.to_container(cfg.recipe) if cfg.recipe.name else None,
+               effective_batch=plan.batch.effective_batch, world_size=plan.batch.world_size, lr=plan.batch.lr,
+               base_lr=plan.batch.base_lr, base_batch=plan.batch.base_batch, pretrained=plan.pretrained)
+    try:
+        run.save_input("counts", counts_file, "counts.json")
+        weights = resolve_weights(cfg, plan, counts_file, counts, run, say)
+        mm = build_mm_config(cfg, class_names(counts), run.path.resolve(), weights, lr=plan.batch.lr)
+        atomic_write_text(run.path / HYDRA_CONFIG, to_yaml(cfg))
+        atomic_write_text(run.path / MM_CONFIG, mm.pretty_text)
+    except BaseException as e:
+        run.update(status="failed", stopped=now(), reason=str(e) or type(e).__name__)
+        run.unlock()
+        raise
+    run.update(status="ready", **_bg_ratio_used(run))
     return run
+
+
+def _bg_ratio_used(run: RunDir) -> dict:
+    """Which background ratio r the run's ECM weights were made with, per RoI stage, and how."""
+    from ecmctl.core.io import load_json
+
+    ratios = [load_json(p)["bg_ratio"] for key in ("weights", "weights_stage0", "weights_stage1", "weights_stage2")
+              if (p := run.input_path(key)) is not None]
+    cal = run.input_path("calibration")
+    source = load_json(cal).get("bg_ratio_source", "measured") if cal else "given"
+    return {"bg_ratio": ratios, "bg_ratio_source": source} if ratios else {}
 
 
 def train(cfg: DictConfig, overrides: list[str], say: Say = print) -> RunDir:
@@ -75,8 +149,7 @@ def resume(run_dir: str | Path, say: Say = print) -> RunDir:
     run = RunDir.open(run_dir)
     meta = run.meta
     if meta.get("status") == "finished":
-        raise UserError(f"{run.path}: the run already finished ({meta.get('max_iters')} iterations); "
-                        "nothing to resume")
+        raise UserError(f"{run.path}: the run already finished; nothing to resume")
     if not (run.path / MM_CONFIG).is_file():
         raise UserError(f"{run.path}: no {MM_CONFIG}; the run never got ready, start a new one")
     run.lock()
@@ -85,18 +158,33 @@ def resume(run_dir: str | Path, say: Say = print) -> RunDir:
     return launch_run(run, cfg, resume=True, say=say)
 
 
+class Interrupted(KeyboardInterrupt):
+    """SIGTERM (a scheduler or `kill`) handled like Ctrl-C: the run ends `interrupted`, resumable."""
+
+
+def _terminate(signum, frame):
+    raise Interrupted(f"signal {signum}")
+
+
 def launch_run(run: RunDir, cfg: DictConfig, resume: bool, say: Say) -> RunDir:
+    """Launch the run's training and record how it ended: finished, failed (with the reason) or interrupted."""
     slurm = cfg.launcher.name == "slurm"  # the job marks itself running, then finished
     run.update(status="submitted" if slurm else "running", **({} if slurm else {"started": now()}))
+    previous = signal.signal(signal.SIGTERM, _terminate)
     try:
         launch(train_task(run.path, resume), cfg.launcher, say, device=cfg.device)
-    except BaseException:
-        run.update(status="failed", stopped=now())
+    except KeyboardInterrupt:
+        run.update(status="interrupted", stopped=now())
+        say(f"interrupted; continue with `ecmctl train --resume {run.path}`")
+        raise
+    except BaseException as e:
+        run.update(status="failed", stopped=now(), reason=str(e).splitlines()[0] if str(e) else type(e).__name__)
         raise
     finally:
+        signal.signal(signal.SIGTERM, previous)
         run.unlock()
     if not slurm:
-        run.update(status="finished", finished=now(), checkpoint=str(run.last_checkpoint()))
+        run.update(status="finished", finished=now(), checkpoint=run.relative(run.last_checkpoint()))
     return run
 
 
