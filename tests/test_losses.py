@@ -427,3 +427,51 @@ def test_focal_in_retina_head(files):
     cls_scores, bbox_preds = head(feats)
     with pytest.raises(UserError, match="use_sigmoid=True"):
         head.loss_by_feat(cls_scores, bbox_preds, [gt], [meta])
+
+
+# -- ECMVarifocalLoss (VarifocalNet) ---------------------------------------------------------------------------
+
+
+def _iou_targets(n: int, seed: int = 0) -> torch.Tensor:
+    """N x C targets as VFNetHead builds them: an IoU in (0, 1] in the positive class's column, else 0."""
+    g = torch.Generator().manual_seed(seed)
+    target = torch.zeros(n, C, dtype=torch.float64)
+    pos = torch.rand(n, generator=g) < 0.4
+    cls = torch.randint(0, C, (n,), generator=g)
+    target[pos, cls[pos]] = torch.rand(int(pos.sum()), generator=g, dtype=torch.float64) * 0.9 + 0.1
+    return target
+
+
+@pytest.mark.parametrize("iou_weighted", [True, False])
+def test_varifocal_form_is_mmdets_varifocal_loss_of_the_surrogate(files, iou_weighted):
+    """loss = m · VFL(2s + log w+ − log w−, q): mmdet's varifocal_loss on the surrogate logits, times m."""
+    from mmdet.models.losses.varifocal_loss import varifocal_loss
+
+    from ecmctl.losses import ECMVarifocalLoss
+
+    loss = ECMVarifocalLoss(files["fg"], iou_weighted=iou_weighted, reduction="none")
+    s = torch.randn(64, C, dtype=torch.float64, requires_grad=True)
+    q = _iou_targets(64)
+    log_wp, log_wn, m = ref_arrays(files["fg"])
+    expected = varifocal_loss(2 * s + log_wp - log_wn, q, alpha=0.75, gamma=2.0, iou_weighted=iou_weighted,
+                              reduction="none") * m
+    got = loss(s, q)
+    assert torch.allclose(got, expected, atol=1e-12)
+    g1, = torch.autograd.grad(got.sum(), s)
+    s2 = s.detach().clone().requires_grad_(True)
+    g2, = torch.autograd.grad((varifocal_loss(2 * s2 + log_wp - log_wn, q, iou_weighted=iou_weighted,
+                                              reduction="none") * m).sum(), s2)
+    assert torch.allclose(g1, g2, atol=1e-12)
+
+
+def test_varifocal_reduces_like_mmdet_and_refuses_background_weights(files):
+    from ecmctl.losses import ECMVarifocalLoss
+
+    loss = ECMVarifocalLoss(files["fg"], loss_weight=2.0)
+    s, q = torch.randn(32, C), _iou_targets(32).float()
+    total = loss(s, q, avg_factor=7.0)
+    assert torch.allclose(total, loss(s, q, reduction_override="sum") / 7.0)  # both carry loss_weight
+    with pytest.raises(UserError, match="background class"):
+        ECMVarifocalLoss(files["bg"])
+    with pytest.raises(UserError, match="foreground classes"):
+        loss(torch.randn(4, C + 1), torch.zeros(4, C + 1))
