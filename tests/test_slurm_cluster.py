@@ -115,6 +115,27 @@ def test_preempted_job_requeues_and_resumes_from_its_checkpoint(overrides, tmp_p
     assert logged and logged[0] > resumed and logged[-1] == max_iters, logged  # goes on from the checkpoint
 
 
+def test_preempted_epoch_based_job_resumes_inside_its_epoch(overrides, tmp_path):
+    """An epoch-based schedule (the paper's recipes count epochs): preempted inside the first epoch, the requeued
+    job continues that epoch at the batch after its checkpoint and ends after exactly 2 epochs' iterations."""
+    epoch = ["schedule=1x", "schedule.max_epochs=2", "schedule.milestones=[1]", "schedule.warmup_iters=2",
+             "schedule.checkpoint_interval=2", "train.max_iters=null", "launcher.timeout_min=60"]
+    job_id, run, _ = _submit(overrides, tmp_path, *epoch, name="preempted_epochs")
+    deadline = time.time() + 300
+    while time.time() < deadline and not (run.path / "iter_2.pth").is_file():
+        time.sleep(0.2)
+    assert (run.path / "iter_2.pth").is_file(), f"no checkpoint after 300s: {run.meta}"
+    for sig in ("TERM", "USR2"):
+        subprocess.run(["scancel", f"--signal={sig}", job_id], check=True, timeout=30)
+    meta = _wait(run, job_id, timeout=420)
+    assert meta["status"] == "finished" and meta["slurm_restarts"] == 1
+    _, second = _logs(run)  # the first start logged no line yet (mmengine logs every 50 iterations)
+    per_epoch = int(re.search(r"Epoch\(train\)\s*\[1\]\[\s*\d+/(\d+)\]", second).group(1))
+    resumed = int(re.search(r"resumed epoch: 0, iter: (\d+)", second).group(1))
+    assert 2 <= resumed < per_epoch, (resumed, per_epoch)  # preempted inside the first epoch
+    assert finished_iters(run.path) == 2 * per_epoch  # no replayed batches, no extra iterations
+
+
 def test_two_tasks_per_node_train_one_ddp_run_with_mmengine_slurm_launcher(overrides, tmp_path):
     job_id, run, _ = _submit(overrides, tmp_path, "launcher.tasks_per_node=2", name="two_tasks")
     meta = _wait(run, job_id)
