@@ -56,6 +56,22 @@ class DetBatch:
     box: np.ndarray | None  # (n, 4) float64 xywh, or None (segm results without boxes)
     rles: list | None  # compressed RLE per detection (segm)
 
+    @classmethod
+    def concat(cls, parts: list[DetBatch]) -> DetBatch:
+        if len(parts) == 1:
+            return parts[0]
+        box = None if parts[0].box is None else np.concatenate([p.box for p in parts])
+        rles = None if parts[0].rles is None else [r for p in parts for r in p.rles]
+        return cls(*(np.concatenate([getattr(p, f) for p in parts]) for f in ("img", "cat", "score", "seq")),
+                   box, rles)
+
+    @classmethod
+    def empty(cls) -> DetBatch:
+        return cls(np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0), np.zeros(0, np.int64), None, None)
+
+    def __len__(self) -> int:
+        return int(self.img.size)
+
     def take(self, idx: np.ndarray) -> DetBatch:
         return DetBatch(self.img[idx], self.cat[idx], self.score[idx], self.seq[idx],
                         None if self.box is None else self.box[idx],
