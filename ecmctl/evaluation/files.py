@@ -23,7 +23,7 @@ from ecmctl.evaluation.detections import DetectionWriter, read_detections
 from ecmctl.evaluation.gt import GroundTruth, load_gt, sorted_lookup
 from ecmctl.evaluation.params import IOU_TYPES, MAX_DETS, PROTOCOLS, TOPK
 from ecmctl.evaluation.results import CHUNK_BYTES, read_results
-from ecmctl.evaluation.streaming import DetBatch, StreamingLVISEval
+from ecmctl.evaluation.streaming import DetBatch, StreamingLVISEval, objects
 
 SPILL_DETS = 4 << 20  # detections of split images held at once in the second pass
 
@@ -174,7 +174,7 @@ def _to_batch(gt: GroundTruth, det, strict: bool) -> DetBatch:
         b = det.box[keep].astype(np.float64)
         box = b if det.box_format == "xywh" else np.stack(
             (b[:, 0], b[:, 1], b[:, 2] - b[:, 0], b[:, 3] - b[:, 1]), axis=1)  # as mmdet's xyxy2xywh
-    rles = None if det.rles is None else [det.rles[i] for i in keep]
+    rles = None if det.rles is None else objects(det.rles)[keep]
     return DetBatch(img[keep], cat, det.score[keep], det.seq[keep], box, rles)
 
 

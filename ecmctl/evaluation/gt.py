@@ -120,15 +120,21 @@ class GroundTruth:
             raise UserError(f"category id {int(bad)} is not a category of {self.path}")
         return idx
 
-    def gt_rles(self, img: int) -> list[dict]:
-        """Compressed RLEs of image `img`'s annotations, converted as lvis-api's `LVIS.ann_to_rle` does."""
+    def gt_rles(self, img: int, anns: np.ndarray) -> list[dict]:
+        """Compressed RLEs of annotations `anns` (global indices) of image `img`, as `LVIS.ann_to_rle` makes
+        them. Single polygons (nearly all of LVIS) go through one `frPyObjects` call per image: pycocotools
+        rasterises each polygon on its own, and `merge` of one RLE returns it unchanged."""
         if self.ann_segm is None:
             raise ValueError("the ground truth was loaded without segmentations (with_segm=False)")
         h, w = (int(v) for v in self.img_hw[img])
-        out = []
-        for k in range(self.ann_ptr[img], self.ann_ptr[img + 1]):
-            out.append(to_rle(msgspec.json.decode(self.ann_segm[k]), h, w))
-        return out
+        segs = [msgspec.json.decode(self.ann_segm[k]) for k in anns.tolist()]
+        single = [i for i, s in enumerate(segs) if isinstance(s, list) and len(s) == 1 and isinstance(s[0], list)
+                  and len(s[0]) > 4]
+        out = [None] * len(segs)
+        if single:
+            for i, rle in zip(single, mask_utils.frPyObjects([segs[i][0] for i in single], h, w)):
+                out[i] = rle
+        return [to_rle(seg, h, w) if rle is None else rle for seg, rle in zip(segs, out)]
 
 
 def to_rle(segm: Any, h: int, w: int) -> dict:

@@ -24,7 +24,7 @@ from __future__ import annotations
 import numpy as np
 
 from ecmctl.evaluation.gt import GroundTruth
-from ecmctl.evaluation.overlap import box_iou_pairs, mask_iou
+from ecmctl.evaluation.overlap import as_dict, box_iou_pairs, mask_iou
 from ecmctl.evaluation.params import AREA_RANGES, MATCH_THRS, NUM_AREAS, NUM_THRS
 
 
@@ -60,7 +60,7 @@ def candidate_pairs(gt: GroundTruth, img: np.ndarray, cat: np.ndarray) -> tuple[
     return np.repeat(np.arange(img.size), n), ann[ranges(lo, n)]
 
 
-def pair_ious(gt: GroundTruth, img: np.ndarray, box: np.ndarray | None, rles: list | None,
+def pair_ious(gt: GroundTruth, img: np.ndarray, box: np.ndarray | None, rles: np.ndarray | None,
               dt: np.ndarray, ann: np.ndarray) -> np.ndarray:
     """IoU of each (dt, ann) pair: boxes vectorised, masks with one pycocotools call per image."""
     if rles is None:
@@ -68,17 +68,15 @@ def pair_ious(gt: GroundTruth, img: np.ndarray, box: np.ndarray | None, rles: li
     out = np.empty(dt.size, np.float64)
     bounds = np.flatnonzero(np.diff(img[dt])) + 1  # pairs are grouped by detection, so by image
     for lo, hi in zip(np.r_[0, bounds], np.r_[bounds, dt.size]):
-        if lo == hi:
-            continue
-        i = int(img[dt[lo]])
         rows, row_of = np.unique(dt[lo:hi], return_inverse=True)
-        ious = mask_iou([rles[r] for r in rows], gt.gt_rles(i))
-        out[lo:hi] = ious[row_of, ann[lo:hi] - gt.ann_ptr[i]]
+        cols, col_of = np.unique(ann[lo:hi], return_inverse=True)
+        ious = mask_iou([as_dict(r) for r in rles[rows]], gt.gt_rles(int(img[dt[lo]]), cols))
+        out[lo:hi] = ious[row_of, col_of]
     return out
 
 
 def match_flags(gt: GroundTruth, img: np.ndarray, cat: np.ndarray, box: np.ndarray | None,
-                rles: list | None) -> np.ndarray:
+                rles: np.ndarray | None) -> np.ndarray:
     """(n, thresholds) uint8 match bits of detections sorted by (image, -score, input order).
 
     `img`/`cat` are image/category indices; `box` xywh float64 (bbox) or `rles` compressed RLEs (segm).

@@ -27,6 +27,11 @@ def box_iou_pairs(dt: np.ndarray, gt: np.ndarray) -> np.ndarray:
     return out
 
 
+def as_dict(rle) -> dict:
+    """pycocotools' `iou` takes RLEs only as `dict` instances (other mappings are refused)."""
+    return rle if type(rle) is dict else {"size": rle["size"], "counts": rle["counts"]}
+
+
 def mask_iou(dt_rles: list, gt_rles: list) -> np.ndarray:
     """(len(dt_rles), len(gt_rles)) IoU of compressed RLEs; -1 where the mask sizes differ (pycocotools)."""
     if not dt_rles or not gt_rles:
@@ -37,8 +42,8 @@ def mask_iou(dt_rles: list, gt_rles: list) -> np.ndarray:
 AREA_CHUNK = 255  # pycocotools 2.0.11 `area()` raises OverflowError for a list of more than 255 RLEs
 
 
-def mask_area(rles: list) -> np.ndarray:
+def mask_area(rles) -> np.ndarray:
     """float64 pixel count of each compressed RLE (pycocotools `area`, in lists it accepts)."""
-    parts = [np.asarray(mask_utils.area(rles[i:i + AREA_CHUNK]), np.float64).reshape(-1)
+    parts = [np.asarray(mask_utils.area(list(rles[i:i + AREA_CHUNK])), np.float64).reshape(-1)
              for i in range(0, len(rles), AREA_CHUNK)]
     return np.concatenate(parts) if parts else np.zeros(0, np.float64)

@@ -23,7 +23,7 @@ import numpy as np
 
 from ecmctl.errors import UserError
 from ecmctl.evaluation.gt import GroundTruth, sorted_lookup, to_rle
-from ecmctl.evaluation.streaming import DetBatch
+from ecmctl.evaluation.streaming import DetBatch, objects
 
 CHUNK_BYTES = 16 << 20
 SHAPE = ('a JSON list of detections {"image_id": int, "category_id": int, "bbox": [x, y, w, h], '
@@ -33,25 +33,32 @@ _BYTE_RE = re.compile(r"\(byte (\d+)\)")
 _PATH_RE = re.compile(r"`\$\[(\d+)\]([^`]*)`")
 
 
-class _Det(msgspec.Struct):
+# gc=False: millions of small decoded objects that cannot form cycles; tracking them costs ~40% of decoding
+class _Det(msgspec.Struct, gc=False):
     image_id: int
     category_id: int
     score: float
     bbox: tuple[float, float, float, float] | None = None
 
 
-class _Rle(msgspec.Struct):
+class _Rle(msgspec.Struct, gc=False):
+    """A decoded RLE; subscriptable like the dict pycocotools reads (`rle["counts"]`), without building one
+    dict per detection (overlap.as_dict makes one only for the detections that are compared)."""
+
     size: tuple[int, int]
     counts: str | list[int]
 
+    def __getitem__(self, key: str):
+        return getattr(self, key)
 
-class _DetSegm(_Det):
+
+class _DetSegm(_Det, gc=False):
     segmentation: _Rle | list[list[float]] | None = None
 
 
 @dataclass
 class _Batch:
-    text: bytes  # b"[" + elements + b"]"
+    text: bytes | bytearray  # b"[" + elements + b"]"
     first: int  # index of its first element in the file
     offset: int  # file offset of text[1]
 
@@ -77,55 +84,68 @@ def element_ends(text: bytes | memoryview, start: int = 0) -> np.ndarray:
 
 
 def _batches(path: str, chunk_bytes: int, decode) -> Iterator[tuple[list, _Batch]]:
-    """(decoded elements, batch) for consecutive batches of the top-level list."""
+    """(decoded elements, batch) for consecutive batches of the top-level list.
+
+    `buf` is b"[" + the unread part of the list; a batch is decoded in place (cut, then b"]" appended),
+    so each byte of the file is copied about once.
+    """
     with open(path, "rb") as f:
-        carry = f.read(chunk_bytes)
-        head = len(carry) - len(carry.lstrip(_WS))
-        if head == len(carry):
+        head = f.read(chunk_bytes)
+        skip = len(head) - len(head.lstrip(_WS))
+        if skip == len(head):
             raise UserError(f"{path}: the file is empty; expected {SHAPE}")
-        if carry[head:head + 1] != b"[":
-            what = "an object (an annotation file?)" if carry[head:head + 1] == b"{" else "not a list"
+        if head[skip:skip + 1] != b"[":
+            what = "an object (an annotation file?)" if head[skip:skip + 1] == b"{" else "not a list"
             raise UserError(f"{path}: the top-level JSON value is {what}; expected {SHAPE}")
-        carry, offset, first, eof = carry[head + 1:], head + 1, 0, False
+        buf, offset, first, eof = bytearray(head[skip:]), skip + 1, 0, False
+        del head
         while True:
             if not eof:
                 more = f.read(chunk_bytes)
                 eof = not more
-                carry += more
+                buf += more
+                del more
             if eof:
-                body = carry.rstrip(_WS)
+                body = buf.rstrip(_WS)
                 if not body.endswith(b"]"):
                     raise UserError(f"{path}: the file ends before the list's closing ']' (truncated?); "
                                     f"expected {SHAPE}")
-                batch = _Batch(b"[" + body, first, offset)
+                batch = _Batch(body, first, offset)
                 yield _decode(path, decode, batch), batch
                 return
-            cut = carry.rfind(b"},") + 1
+            cut = buf.rfind(b"},") + 1
             if cut <= 0:
                 continue  # no element ends in what was read: read more
-            batch = _Batch(b"[" + carry[:cut] + b"]", first, offset)
+            tail = bytes(buf[cut:])
+            del buf[cut:]
+            buf.append(93)  # "]"
+            batch = _Batch(buf, first, offset)
             try:
-                items = decode(batch.text)
+                items = decode(buf)
             except (msgspec.DecodeError, msgspec.ValidationError):
-                cut = _last_separated_end(carry)
-                if cut is None:  # no element followed by ',' in what was read: read more
+                del buf[-1]
+                buf += tail
+                end = _last_separated_end(buf)
+                if end is None:  # no element followed by ',' in what was read: read more
                     continue
-                batch = _Batch(b"[" + carry[:cut] + b"]", first, offset)
+                cut, tail = end, bytes(buf[end:])
+                del buf[cut:]
+                buf.append(93)
                 items = _decode(path, decode, batch)
             yield items, batch
-            rest = carry[cut:].lstrip(_WS)
+            rest = tail.lstrip(_WS)
             if rest[:1] != b",":
-                at = offset + cut + (len(carry) - cut - len(rest))
-                raise UserError(f"{path}: not valid JSON at byte {at}: expected ',' after element "
-                                f"#{first + len(items) - 1}; expected {SHAPE}")
-            skipped = len(carry) - len(rest) + 1
-            carry, offset, first = rest[1:], offset + skipped, first + len(items)
+                raise UserError(f"{path}: not valid JSON at byte {offset + cut - 1 + len(tail) - len(rest)}: "
+                                f"expected ',' after element #{first + len(items) - 1}; expected {SHAPE}")
+            offset += cut - 1 + len(tail) - len(rest) + 1
+            first += len(items)
+            buf = bytearray(b"[") + rest[1:]
 
 
-def _last_separated_end(carry: bytes) -> int | None:
-    """End of the last complete element that a ',' follows (a true cut point), if any."""
-    for end in element_ends(carry)[::-1].tolist():
-        if carry[end:].lstrip(_WS)[:1] == b",":
+def _last_separated_end(buf: bytearray) -> int | None:
+    """End of the last complete element of b"[" + elements that a ',' follows (a true cut point), if any."""
+    for end in element_ends(buf, 1)[::-1].tolist():
+        if buf[end:end + 64].lstrip(_WS)[:1] == b",":
             return end
     return None
 
@@ -179,18 +199,22 @@ def read_results(path: str | os.PathLike, gt: GroundTruth, iou_type: str,
                    "(not 0-based class indices)")
         score = np.fromiter((d.score for d in items), np.float64, n)
         _finite(path, score[:, None], idx, "score")
-        has_box = _check_boxes(path, items, batch.first, has_box, segm)
-        box = np.array([d.bbox for d in items], np.float64).reshape(n, 4) if has_box else None
+        boxes = [d.bbox for d in items]
+        has_box = _check_boxes(path, boxes, batch.first, has_box, segm)
+        box = np.array(boxes, np.float64).reshape(n, 4) if has_box else None
         if box is not None:
             _finite(path, box, idx, "bbox")
         rles = _rles(path, gt, items, img, batch.first) if segm else None
         yield DetBatch(img, cat, score, idx, box, rles)
 
 
-def _check_boxes(path: str, items: list, first: int, has_box: bool | None, segm: bool) -> bool:
+def _check_boxes(path: str, boxes: list, first: int, has_box: bool | None, segm: bool) -> bool:
     """Boxes on every detection or on none (lvis-api reads the first one to decide), and always for bbox."""
-    has = np.fromiter((d.bbox is not None for d in items), bool, len(items))
-    want = bool(has[0]) if has_box is None else has_box
+    want = boxes[0] is not None if has_box is None else has_box
+    if (None in boxes) != (not want) or (not want and boxes.count(None) != len(boxes)):
+        has = np.array([b is not None for b in boxes])
+    else:
+        has = np.full(len(boxes), want)
     if not want and not segm:
         raise UserError(f"{path}: element #{first} has no 'bbox'; bbox evaluation needs [x, y, w, h] on every "
                         "detection")
@@ -222,16 +246,15 @@ def _finite(path: str, values: np.ndarray, idx: np.ndarray, field: str) -> None:
                         "finite numbers (drop or fix that detection)")
 
 
-def _rles(path: str, gt: GroundTruth, items: list, img: np.ndarray, first: int) -> list:
-    out = []
-    for i, d in enumerate(items):
-        s = d.segmentation
+def _rles(path: str, gt: GroundTruth, items: list, img: np.ndarray, first: int) -> np.ndarray:
+    """Object array of the detections' RLEs: decoded compressed RLEs as they are, others converted."""
+    out = objects([d.segmentation for d in items])
+    other = [i for i, s in enumerate(out) if type(s) is not _Rle or type(s.counts) is not str]
+    for i in other:
+        s = out[i]
         if s is None:
             raise UserError(f"{path}: element #{first + i} has no 'segmentation'; segm evaluation needs an RLE "
                             "(or polygons) on every detection (or evaluate with iou_type='bbox')")
-        if isinstance(s, _Rle) and isinstance(s.counts, str):
-            out.append({"size": s.size, "counts": s.counts})
-        else:
-            h, w = (int(v) for v in gt.img_hw[img[i]])
-            out.append(to_rle({"size": list(s.size), "counts": s.counts} if isinstance(s, _Rle) else s, h, w))
+        h, w = (int(v) for v in gt.img_hw[img[i]])
+        out[i] = to_rle({"size": list(s.size), "counts": s.counts} if isinstance(s, _Rle) else s, h, w)
     return out

@@ -54,14 +54,14 @@ class DetBatch:
     score: np.ndarray  # float64
     seq: np.ndarray  # int64 input order (unique, increasing in the order the detections were produced)
     box: np.ndarray | None  # (n, 4) float64 xywh, or None (segm results without boxes)
-    rles: list | None  # compressed RLE per detection (segm)
+    rles: np.ndarray | None  # object array: compressed RLE per detection (segm)
 
     @classmethod
     def concat(cls, parts: list[DetBatch]) -> DetBatch:
         if len(parts) == 1:
             return parts[0]
         box = None if parts[0].box is None else np.concatenate([p.box for p in parts])
-        rles = None if parts[0].rles is None else [r for p in parts for r in p.rles]
+        rles = None if parts[0].rles is None else np.concatenate([p.rles for p in parts])
         return cls(*(np.concatenate([getattr(p, f) for p in parts]) for f in ("img", "cat", "score", "seq")),
                    box, rles)
 
@@ -75,7 +75,14 @@ class DetBatch:
     def take(self, idx: np.ndarray) -> DetBatch:
         return DetBatch(self.img[idx], self.cat[idx], self.score[idx], self.seq[idx],
                         None if self.box is None else self.box[idx],
-                        None if self.rles is None else [self.rles[i] for i in idx])
+                        None if self.rles is None else self.rles[idx])
+
+
+def objects(items: list) -> np.ndarray:
+    """A 1-d object array of `items` (RLEs): fancy indexing in C instead of list comprehensions."""
+    out = np.empty(len(items), object)
+    out[:] = items
+    return out
 
 
 def _families(protocols: Sequence[str]) -> tuple[str, ...]:
@@ -154,16 +161,16 @@ class StreamingLVISEval:
             raise ValueError(f"image {image_id}: labels must be {n} class indices in [0, {self.gt.num_cats})")
         return self.gt.label_to_cat[labels]
 
-    def _rles(self, img: int, n: int, masks, rles, image_id: int) -> list:
+    def _rles(self, img: int, n: int, masks, rles, image_id: int) -> np.ndarray:
         if masks is not None:
             masks = np.asarray(masks)
             if masks.ndim != 3 or masks.shape[0] != n:
                 raise ValueError(f"image {image_id}: masks must be (n, H, W) with n = {n}")
-            return mask_utils.encode(np.asfortranarray(masks.transpose(1, 2, 0), dtype=np.uint8)) if n else []
+            return objects(mask_utils.encode(np.asfortranarray(masks.transpose(1, 2, 0), dtype=np.uint8)) if n else [])
         if rles is None or len(rles) != n:
             raise ValueError(f"image {image_id}: segm evaluation needs {n} masks or rles")
         h, w = (int(v) for v in self.gt.img_hw[img])
-        return [to_rle(r, h, w) for r in rles]
+        return objects([to_rle(r, h, w) for r in rles])
 
     def process_batch(self, batch: DetBatch, images: Iterable[int] | None = None) -> None:
         """Match detections of complete images (`images`: the images processed, detections or not)."""
@@ -181,14 +188,13 @@ class StreamingLVISEval:
         _, fed = sorted_lookup(self.gt.fed_keys, b.img * k + b.cat)
         _, nel = sorted_lookup(self.gt.nel_keys, b.img * k + b.cat)
         box_area = None if b.box is None else b.box[:, 2] * b.box[:, 3]
-        mask_area = None if b.rles is None else mask_area_of(b.rles)
         for family in self._parts:
             if family == STANDARD:
                 take = rank < self.max_dets
-                area = box_area if box_area is not None else mask_area
+                area = box_area if box_area is not None else mask_area_of(b.rles)
             else:
                 take = np.ones(n, bool)
-                area = mask_area if self.iou_type == "segm" else box_area
+                area = mask_area_of(b.rles) if self.iou_type == "segm" else box_area
             # LVISResults/get_ann_ids keep `0 < area < inf`; _prepare keeps positive or negative categories
             valid = take & fed & (area > 0) & (area < np.inf)
             self._append(family, b, valid, take & ~valid if family == DATASET else None, area, nel)
