@@ -28,8 +28,8 @@ from pathlib import Path
 import msgspec
 import numpy as np
 import pycocotools.mask as mask_utils
-
 from count_bench import reference_categories
+
 from ecmctl.evaluation.overlap import mask_area
 
 GEN_VERSION = "lvis-val-like/1"

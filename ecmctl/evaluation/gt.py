@@ -89,7 +89,7 @@ class GroundTruth:
     img_hw: np.ndarray  # (num_images, 2) height, width
     ann_ptr: np.ndarray  # annotations of image i: ann_ptr[i]:ann_ptr[i+1], file order
     ann_cat: np.ndarray  # category index
-    ann_box: np.ndarray | None  # (n, 4) float64 xywh (None when the file has no boxes)
+    ann_box: np.ndarray | None  # (n, 4) float64 xywh (None when an annotation has no box)
     ann_area: np.ndarray
     ann_ignore: np.ndarray  # bool
     ann_id_zero: np.ndarray  # bool: lvis-api records a match as the gt's id, so id 0 reads as "no match"
@@ -225,13 +225,8 @@ def _index(path: str, doc: _Doc | _DocSegm, with_segm: bool) -> GroundTruth:
                         "the small/medium/large ranges")
     kept = np.flatnonzero(keep)
     kept = kept[np.argsort(a_img[kept], kind="stable")]  # grouped by image, file order within
-    box = None
-    if not with_segm:
-        no_box = next((int(i) for i in kept if anns[i].bbox is None), None)
-        if no_box is not None:
-            raise UserError(f"{path}: annotation #{no_box} has no 'bbox'; bbox evaluation needs one on every "
-                            "annotation")
-        box = np.array([anns[i].bbox for i in kept], np.float64).reshape(-1, 4)
+    boxes = [anns[i].bbox for i in kept]
+    box = None if None in boxes else np.array(boxes, np.float64).reshape(-1, 4)  # bbox evaluation needs them
     segm = None
     if with_segm:
         no_segm = next((int(i) for i in kept if not len(anns[i].segmentation)), None)

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 import pycocotools.mask as mask_utils
 
+from ecmctl.errors import UserError
 from ecmctl.evaluation import fixed
 from ecmctl.evaluation.accumulate import category_curves, per_class_ap, summary
 from ecmctl.evaluation.gt import GroundTruth, sorted_lookup, to_rle
@@ -110,6 +111,8 @@ class StreamingLVISEval:
             raise ValueError(f"protocols must be a non-empty subset of {PROTOCOLS}, got {tuple(protocols)!r}")
         if iou_type == "segm" and gt.ann_segm is None:
             raise ValueError("segm evaluation needs a ground truth loaded with with_segm=True")
+        if iou_type == "bbox" and gt.ann_box is None:
+            raise UserError(f"{gt.path}: an annotation has no 'bbox'; bbox evaluation needs one on every annotation")
         self.gt = gt
         self.iou_type = iou_type
         self.protocols = tuple(p for p in PROTOCOLS if p in protocols)
