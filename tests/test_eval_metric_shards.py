@@ -89,3 +89,14 @@ def test_shards_rescored_on_a_ground_truth_subset(tmp_path):
         r["score"] = float(np.float32(r["score"]))
     ref, ref_pc = lvis_api(str(tmp_path / "subset.json"), mine, "bbox")
     assert_same(ref, ref_pc, evaluate_detections(tmp_path / "subset.json", shard_paths(tmp_path), "bbox", images="gt"))
+
+
+def test_built_from_config_in_ecmctl_scope(tmp_path):
+    from mmengine.registry import METRICS
+
+    gt, _ = make_case(1)
+    (tmp_path / "gt.json").write_text(json.dumps(gt))
+    metric = METRICS.build(dict(type="ecmctl.StreamingLVISMetric", ann_file=str(tmp_path / "gt.json"),
+                                metric=["bbox"], protocols=["standard", "fixed"]))
+    assert isinstance(metric, StreamingLVISMetric)
+    assert metric.compute_metrics([])["bbox_AP"] == -1.0  # nothing evaluated: undefined, not an exception

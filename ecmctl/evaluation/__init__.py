@@ -6,7 +6,7 @@ Modules, one job each:
   results     results files read in chunks and decoded with msgspec, validated element by element
   overlap     pair IoUs bit-identical to pycocotools (boxes vectorised, masks with its C routine)
   matching    lvis-api's greedy matching for a batch of images, all thresholds and area ranges at once
-  state       the ~30 bytes kept per detection, and the picklable, mergeable evaluator state
+  state       the 35 bytes kept per detection, and the picklable, mergeable evaluator state
   accumulate  precision/recall curves for all categories at once, lvis-api's summary numbers
   fixed       Fixed AP and Pooled AP (Dave et al. 2021): per-category top-K selection, pooled curves
   streaming   StreamingLVISEval: process(image) -> state() -> merge(states) -> summarize()

@@ -97,11 +97,11 @@ def flag_arrays(flags: np.ndarray, extra: np.ndarray, area: int, thr: int) -> tu
 
 
 def category_curves(seg: np.ndarray, num_seg: int, flags: np.ndarray, extra: np.ndarray,
-                    num_gt: np.ndarray, areas: range = range(NUM_AREAS)) -> tuple[np.ndarray, np.ndarray]:
+                    num_gt: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """lvis-api's eval['precision'] (T, R, S, A) and eval['recall'] (T, S, A) for sorted detections."""
     precision = -np.ones((NUM_THRS, REC_THRS.size, num_seg, NUM_AREAS))
     recall = -np.ones((NUM_THRS, num_seg, NUM_AREAS))
-    for a in areas:
+    for a in range(NUM_AREAS):
         for t in range(NUM_THRS):
             tp, fp = flag_arrays(flags, extra, a, t)
             p, r = pr_curves(seg, num_seg, tp, fp, num_gt[:, a])

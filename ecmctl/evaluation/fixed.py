@@ -23,7 +23,7 @@ from __future__ import annotations
 import numpy as np
 
 from ecmctl.evaluation.accumulate import category_curves, flag_arrays, pr_curves
-from ecmctl.evaluation.params import NUM_THRS, PHANTOM_BIT, REC_THRS
+from ecmctl.evaluation.params import FREQ_LABELS, NUM_THRS, PHANTOM_BIT, REC_THRS
 from ecmctl.evaluation.state import Records
 
 POOLS = ("all", "r", "c", "f")
@@ -47,6 +47,12 @@ def prune_topk(rec: Records, topk: int) -> Records:
     return rec if keep.all() else rec.take(np.flatnonzero(keep))
 
 
+def classes_below_topk(rec: Records, topk: int) -> int:
+    """Categories with at least one but fewer than `topk` detections (the devil scripts' warning)."""
+    counts = np.bincount(rec.cat)
+    return int(((counts > 0) & (counts < topk)).sum())
+
+
 def evaluated(rec: Records) -> Records:
     """Drop phantoms (detections lvis-api filters out after the top-K selection)."""
     real = ((rec.extra >> PHANTOM_BIT) & 1) == 0
@@ -59,8 +65,8 @@ def pooled_curves(rec: Records, num_gt_all: np.ndarray, cat_freq: np.ndarray) ->
     rec = rec.take(order)
     precision = -np.ones((NUM_THRS, REC_THRS.size, len(POOLS)))
     for p, pool in enumerate(POOLS):
-        in_pool = np.ones(len(rec), bool) if pool == "all" else cat_freq[rec.cat] == "rcf".index(pool)
-        cats = np.ones(cat_freq.size, bool) if pool == "all" else cat_freq == "rcf".index(pool)
+        cats = np.ones(cat_freq.size, bool) if pool == "all" else cat_freq == FREQ_LABELS.index(pool)
+        in_pool = cats[rec.cat]
         ng = np.array([num_gt_all[cats].sum()])
         flags, extra = rec.flags[in_pool], rec.extra[in_pool]
         seg = np.zeros(flags.shape[0], np.int64)

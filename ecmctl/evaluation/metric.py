@@ -102,8 +102,8 @@ class StreamingLVISMetric(BaseMetric):
     def compute_metrics(self, results: list) -> dict[str, float]:
         out: dict[str, float] = {}
         for m in self.metrics:
-            ev = StreamingLVISEval.merge([r[m] for r in results], self.gt)
-            summary = ev.summarize("processed")
+            ev = StreamingLVISEval.merge([r[m] for r in results], self.gt) if results else self.evaluators[m]
+            summary = ev.summarize("processed")  # no image at all: every value -1
             out.update(_flat(m, summary, self.classwise))
             for protocol in ("fixed", "pooled"):
                 if protocol in summary:

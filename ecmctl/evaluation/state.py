@@ -1,6 +1,6 @@
 """What the evaluator keeps per detection, and its picklable, mergeable state.
 
-A detection is reduced, as soon as its image is matched, to ~30 bytes: category, score, image, input
+A detection is reduced, as soon as its image is matched, to 35 bytes: category, score, image, input
 order (`seq`, lvis-api's tie-breaker), the match bits per IoU threshold and area range, and the bits of
 its own area range / not-exhaustive category (see params.py). Boxes and masks are never kept.
 """

@@ -127,6 +127,7 @@ class StreamingLVISEval:
         self._size = 0  # records in the "dataset" family since the last pruning
         self._prune_at = PRUNE_MIN
         self._next_seq = 0
+        self._seen = np.zeros(self.gt.num_images, bool)
 
     # -- input -----------------------------------------------------------------------------------
     def process(self, image_id: int, boxes: np.ndarray | None, scores: np.ndarray, labels: np.ndarray | None = None,
@@ -140,6 +141,8 @@ class StreamingLVISEval:
         uncompressed RLE dicts, or polygons). Scores, boxes and ids are validated (ValueError).
         """
         img = int(self.gt.image_index(np.array([image_id], np.int64), "image_id")[0])
+        if self._seen[img]:
+            raise ValueError(f"image {image_id} was already processed; give all its detections in one call")
         scores = np.asarray(scores, np.float64).reshape(-1)
         n = scores.size
         if not np.isfinite(scores).all():
@@ -158,7 +161,10 @@ class StreamingLVISEval:
         if (labels is None) == (category_ids is None):
             raise ValueError("give exactly one of labels (mmdet class indices) and category_ids")
         if category_ids is not None:
-            return self.gt.cat_index(np.asarray(category_ids, np.int64).reshape(-1)[:n])
+            category_ids = np.asarray(category_ids, np.int64).reshape(-1)
+            if category_ids.size != n:
+                raise ValueError(f"image {image_id}: {category_ids.size} category ids for {n} detections")
+            return self.gt.cat_index(category_ids)
         labels = np.asarray(labels, np.int64).reshape(-1)
         if labels.size != n or (n and (labels.min() < 0 or labels.max() >= self.gt.num_cats)):
             raise ValueError(f"image {image_id}: labels must be {n} class indices in [0, {self.gt.num_cats})")
@@ -179,6 +185,7 @@ class StreamingLVISEval:
         """Match detections of complete images (`images`: the images processed, detections or not)."""
         imgs = np.unique(batch.img) if images is None else np.asarray(list(images), np.int64)
         self._images.append(imgs.astype(np.int32))
+        self._seen[imgs] = True
         if batch.seq.size:
             self._next_seq = max(self._next_seq, int(batch.seq.max()) + 1)
         order = np.lexsort((batch.seq, -batch.score, batch.img))
@@ -191,13 +198,16 @@ class StreamingLVISEval:
         _, fed = sorted_lookup(self.gt.fed_keys, b.img * k + b.cat)
         _, nel = sorted_lookup(self.gt.nel_keys, b.img * k + b.cat)
         box_area = None if b.box is None else b.box[:, 2] * b.box[:, 3]
+        need_mask_area = (STANDARD in self._parts and box_area is None) or (
+            DATASET in self._parts and self.iou_type == "segm")
+        mask_area = mask_area_of(b.rles) if need_mask_area else None
         for family in self._parts:
             if family == STANDARD:
                 take = rank < self.max_dets
-                area = box_area if box_area is not None else mask_area_of(b.rles)
+                area = box_area if box_area is not None else mask_area
             else:
                 take = np.ones(n, bool)
-                area = mask_area_of(b.rles) if self.iou_type == "segm" else box_area
+                area = mask_area if self.iou_type == "segm" else box_area
             # LVISResults/get_ann_ids keep `0 < area < inf`; _prepare keeps positive or negative categories
             valid = take & fed & (area > 0) & (area < np.inf)
             self._append(family, b, valid, take & ~valid if family == DATASET else None, area, nel)
@@ -239,6 +249,7 @@ class StreamingLVISEval:
             self._parts[family] = [rec.take(np.flatnonzero(~gone[rec.img]))]
         images = np.concatenate(self._images) if self._images else np.zeros(0, np.int32)
         self._images = [images[~gone[images]]]
+        self._seen[imgs] = False
 
     # -- state ------------------------------------------------------------------------------------
     def state(self) -> EvalState:
@@ -281,6 +292,7 @@ class StreamingLVISEval:
                 ev._parts[family].append(rec.shifted(offset))
             ev._images.append(s.images[new])
             seen[s.images] = True
+            ev._seen[s.images] = True
             offset += s.next_seq
         ev._next_seq = offset
         if DATASET in ev._parts:
@@ -314,7 +326,9 @@ class StreamingLVISEval:
     def summarize(self, images: str = "gt") -> dict:
         """lvis-api's summary (AP, AP50, AP75, APs/m/l, APr/c/f, AR@max_dets, ARs/m/l) and `per_class` AP
         (by category name, -1 if undefined) for the standard protocol; `fixed` (same keys without AR) and
-        `pooled` (AP, APr, APc, APf) sections for the others. Undefined values are -1, as in lvis-api.
+        `pooled` (AP, APr, APc, APf) sections for the others, each with `classes_below_topk` (categories with
+        detections but fewer than top-K: their AP is underestimated, as Dave et al.'s scripts warn). Undefined
+        values are -1, as in lvis-api.
 
         `images`: "gt" counts every ground-truth image (lvis-api: an image without detections is all
         misses); "processed" only the images given to `process` (a subset run).
@@ -331,12 +345,16 @@ class StreamingLVISEval:
             out["per_class"] = per_class_ap(precision, names)
         if DATASET in self._parts:
             self._prune()
-            rec = fixed.evaluated(self._parts[DATASET][0])
+            selected = self._parts[DATASET][0]
+            short = fixed.classes_below_topk(selected, self.topk)
+            rec = fixed.evaluated(selected)
             if "fixed" in self.protocols:
                 precision = fixed.fixed_curves(rec, num_gt)
-                out["fixed"] = {**summary(precision, None, groups, None), "per_class": per_class_ap(precision, names)}
+                out["fixed"] = {**summary(precision, None, groups, None), "per_class": per_class_ap(precision, names),
+                                "classes_below_topk": short}
             if "pooled" in self.protocols:
-                out["pooled"] = fixed.pooled_summary(fixed.pooled_curves(rec, num_gt[:, 0], self.gt.cat_freq))
+                out["pooled"] = {**fixed.pooled_summary(fixed.pooled_curves(rec, num_gt[:, 0], self.gt.cat_freq)),
+                                 "classes_below_topk": short}
         return out
 
 
