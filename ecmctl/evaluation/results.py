@@ -57,6 +57,16 @@ class _DetSegm(_Det, gc=False):
     segmentation: _Rle | list[list[float]] | None = None
 
 
+class _CompressedRle(_Rle, gc=False):
+    counts: str
+
+
+class _DetCompressed(_Det, gc=False):
+    """What mmdet and detectron2 write: compressed RLE strings; decoded first (no per-item type checks)."""
+
+    segmentation: _CompressedRle | None = None
+
+
 @dataclass
 class _Batch:
     text: bytes | bytearray  # b"[" + elements + b"]"
@@ -188,7 +198,7 @@ def read_results(path: str | os.PathLike, gt: GroundTruth, iou_type: str,
     if not os.path.isfile(path):
         raise UserError(f"{path}: no such results file")
     segm = iou_type == "segm"
-    decode = msgspec.json.Decoder(list[_DetSegm] if segm else list[_Det]).decode
+    decode = _decode_segm if segm else msgspec.json.Decoder(list[_Det]).decode
     has_box: bool | None = None
     for items, batch in _batches(path, chunk_bytes, decode):
         n = len(items)
@@ -237,11 +247,25 @@ def _ids(path: str, sorted_ids: np.ndarray, values: np.ndarray, idx: np.ndarray,
     return pos
 
 
+_DECODE_COMPRESSED = msgspec.json.Decoder(list[_DetCompressed]).decode
+_DECODE_ANY = msgspec.json.Decoder(list[_DetSegm]).decode
+
+
+def _decode_segm(text: bytes | bytearray) -> list:
+    """Segm detections: compressed RLEs only (the common case), else any segmentation lvis-api reads."""
+    try:
+        return _DECODE_COMPRESSED(text)
+    except msgspec.ValidationError:
+        return _DECODE_ANY(text)
+
+
 def _rles(path: str, gt: GroundTruth, items: list, img: np.ndarray, first: int) -> np.ndarray:
     """Object array of the detections' RLEs: decoded compressed RLEs as they are, others converted."""
-    out = objects([d.segmentation for d in items])
-    other = [i for i, s in enumerate(out) if type(s) is not _Rle or type(s.counts) is not str]
-    for i in other:
+    segs = [d.segmentation for d in items]
+    out = objects(segs)
+    if type(items[0]) is _DetCompressed and None not in segs:
+        return out
+    for i in (i for i, s in enumerate(segs) if type(s) is not _CompressedRle):
         s = out[i]
         if s is None:
             raise UserError(f"{path}: element #{first + i} has no 'segmentation'; segm evaluation needs an RLE "
