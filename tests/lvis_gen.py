@@ -2,8 +2,9 @@
 
 They are built to hit lvis-api's corner cases: negative and not-exhaustive categories, categories absent
 from the images, images without ground truth, more than 300 detections on an image, equal scores,
-ground-truth areas on the small/medium/large boundaries (32², 96²) and zero, `ignore` flags, an annotation
-id 0, zero-area detections, and near-copies of ground-truth boxes so that matches happen at every IoU.
+ground-truth areas on the small/medium/large boundaries (32², 96²), zero and above lvis-api's 1e10 bound
+of "all", a category that is never annotated, `ignore` flags, an annotation id 0, zero-area and huge
+detections, and near-copies of ground-truth boxes so that matches happen at every IoU.
 """
 
 from __future__ import annotations
@@ -12,8 +13,10 @@ import numpy as np
 import pycocotools.mask as mask_utils
 
 
-def _box(rng: np.random.Generator, h: int, w: int) -> list[float]:
-    kind = rng.integers(6)
+def _box(rng: np.random.Generator, h: int, w: int, huge: bool = False) -> list[float]:
+    kind = rng.integers(7)
+    if huge and kind == 6 and rng.random() < 0.3:  # area above 1e10: outside even lvis-api's "all" range
+        return [0.0, 0.0, 2e5, 1e5 + float(rng.integers(0, 3))]
     if kind == 0:  # exactly on an area-range boundary
         side = float(rng.choice([32, 96]))
         return [float(rng.integers(0, 20)), float(rng.integers(0, 20)), side, side]
@@ -42,6 +45,7 @@ def make_case(seed: int, *, segm: bool = False, many: bool = False, ties: bool =
     n_cat = int(rng.integers(1, 7))
     cat_ids = sorted(rng.choice(np.arange(1, 30), n_cat, replace=False).tolist())
     cats = [{"id": c, "name": f"cat{c}", "frequency": str(rng.choice(list("rcf")))} for c in cat_ids]
+    cats.append({"id": 99, "name": "never_annotated", "frequency": str(rng.choice(list("rcf")))})
     rng.shuffle(cats)  # file order != id order (mmdet labels follow file order)
     n_img = int(rng.integers(1, 6))
     img_ids = sorted(rng.choice(np.arange(1, 100), n_img, replace=False).tolist())
@@ -55,11 +59,11 @@ def make_case(seed: int, *, segm: bool = False, many: bool = False, ties: bool =
         gts = []
         for _ in range(n_gt):
             c = int(rng.choice(present))
-            b = _box(rng, h, w)
+            b = _box(rng, h, w, huge=not segm)
             area = b[2] * b[3]
             r = rng.random()
             if r < 0.1:
-                area = float(rng.choice([32 * 32, 96 * 96, 0.0]))
+                area = float(rng.choice([32 * 32, 96 * 96, 0.0, 2e10 if not segm else 1.0]))
             elif r < 0.15:
                 area = float(rng.uniform(0, 12000))
             ann = {"id": ann_id, "image_id": img_id, "category_id": c, "bbox": b, "area": area}
@@ -71,7 +75,7 @@ def make_case(seed: int, *, segm: bool = False, many: bool = False, ties: bool =
             gts.append(ann)
             ann_id += 1
         pos = sorted({a["category_id"] for a in gts})
-        others = [c for c in cat_ids if c not in pos]
+        others = [c for c in [*cat_ids, 99] if c not in pos]
         neg = rng.choice(others, int(rng.integers(0, len(others) + 1)), replace=False).tolist() if others else []
         nel_pool = pos + ([int(rng.choice(others))] if others and rng.random() < 0.3 else [])
         nel = rng.choice(nel_pool, int(rng.integers(0, len(nel_pool) + 1)), replace=False).tolist() if nel_pool else []
@@ -86,8 +90,8 @@ def make_case(seed: int, *, segm: bool = False, many: bool = False, ties: bool =
                 b = _jitter(rng, g["bbox"], float(rng.choice([0.02, 0.08, 0.2])))
                 c = g["category_id"] if rng.random() < 0.85 else int(rng.choice(cat_ids))
             else:
-                b = _box(rng, h, w)
-                c = int(rng.choice(cat_ids))
+                b = _box(rng, h, w, huge=not segm)
+                c = int(rng.choice([*cat_ids, 99]))
             if rng.random() < 0.03:
                 b[2] = 0.0  # zero area: dropped by lvis-api
             score = float(rng.choice(score_pool)) if ties and rng.random() < 0.5 else float(rng.uniform(0, 1))
