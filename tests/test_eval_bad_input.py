@@ -91,3 +91,21 @@ def test_bad_protocol_and_missing_file(tmp_path, gt_path):
         evaluate_files(path, tmp_path / "x.json", protocol="fixedap")
     with pytest.raises(UserError, match="no such results file"):
         evaluate_files(path, tmp_path / "missing.json")
+
+
+@pytest.mark.parametrize(("break_gt", "iou_type", "expected"), [
+    (lambda g: g["images"][0].pop("neg_category_ids"), "bbox", "has no 'neg_category_ids'; LVIS evaluation needs"),
+    (lambda g: g["categories"][0].pop("frequency"), "bbox", "LVIS evaluation needs 'r', 'c' or 'f'"),
+    (lambda g: g["annotations"][0].pop("area"), "bbox", "annotation #0 has no 'area'"),
+    (lambda g: g["images"].append(dict(g["images"][0])), "bbox", "appears twice in 'images'"),
+    (lambda g: g["images"][0].pop("height"), "segm", "has no 'height'/'width'; segm evaluation needs them"),
+    (lambda g: g["annotations"][0].update(image_id="x"), "bbox", "annotations[0].image_id"),
+])
+def test_bad_ground_truth(tmp_path, gt_path, break_gt, iou_type, expected):
+    _, gt = gt_path
+    break_gt(gt)
+    (tmp_path / "bad_gt.json").write_text(json.dumps(gt))
+    (tmp_path / "res.json").write_text("[]")
+    with pytest.raises(UserError) as e:
+        evaluate_files(tmp_path / "bad_gt.json", tmp_path / "res.json", iou_type)
+    assert expected in str(e.value) and str(tmp_path / "bad_gt.json") in str(e.value) and "\n" not in str(e.value)

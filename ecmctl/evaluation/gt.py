@@ -14,7 +14,6 @@ lvis-api behaviours kept on purpose (lvis/eval.py `_prepare`, lvis/lvis.py `get_
 
 from __future__ import annotations
 
-import math
 import os
 from dataclasses import dataclass
 from typing import Any
@@ -211,18 +210,22 @@ def _index(path: str, doc: _Doc | _DocSegm, with_segm: bool) -> GroundTruth:
         dup = int(img_ids[np.flatnonzero(img_ids[1:] == img_ids[:-1])[0]])
         raise UserError(f"{path}: image id {dup} appears twice in 'images'; ids must be unique")
     img_hw = np.array([(doc.images[i].height, doc.images[i].width) for i in img_order], np.int64).reshape(-1, 2)
+    if with_segm and (img_hw <= 0).any():
+        bad = int(img_ids[np.flatnonzero((img_hw <= 0).any(axis=1))[0]])
+        raise UserError(f"{path}: image id {bad} has no 'height'/'width'; segm evaluation needs them to "
+                        "rasterise polygons")
 
     anns = doc.annotations
     n = len(anns)
     a_img, img_ok = sorted_lookup(img_ids, np.fromiter((a.image_id for a in anns), np.int64, n))
     a_cat, cat_ok = sorted_lookup(cat_ids, np.fromiter((a.category_id for a in anns), np.int64, n))
-    area = np.fromiter((math.nan if a.area is None else a.area for a in anns), np.float64, n)
-    # lvis get_ann_ids(area_rng=[0, inf]): `area > 0 and area < inf`, so NaN, 0 and inf are dropped
-    keep = img_ok & cat_ok & (area > 0) & (area < np.inf)
     missing_area = next((i for i, a in enumerate(anns) if a.area is None), None)
     if missing_area is not None:
         raise UserError(f"{path}: annotation #{missing_area} has no 'area'; LVIS evaluation needs it for "
                         "the small/medium/large ranges")
+    area = np.fromiter((a.area for a in anns), np.float64, n)
+    # lvis get_ann_ids(area_rng=[0, inf]): `area > 0 and area < inf`, so NaN, 0 and inf are dropped
+    keep = img_ok & cat_ok & (area > 0) & (area < np.inf)
     kept = np.flatnonzero(keep)
     kept = kept[np.argsort(a_img[kept], kind="stable")]  # grouped by image, file order within
     boxes = [anns[i].bbox for i in kept]
