@@ -302,11 +302,6 @@ class StreamingLVISEval:
         return self._fingerprint, self.iou_type, self.protocols, self.max_dets, self.topk
 
     # -- results ----------------------------------------------------------------------------------
-    def processed_images(self) -> np.ndarray:
-        """Image ids processed so far (sorted)."""
-        imgs = np.concatenate(self._images) if self._images else np.zeros(0, np.int64)
-        return self.gt.img_ids[np.unique(imgs)]
-
     def num_gt(self, images: str = "gt") -> np.ndarray:
         """(categories, areas) non-ignored ground truths over all images ("gt") or the processed ones."""
         gt = self.gt
