@@ -49,7 +49,8 @@ def test_train_then_eval_with_ecm(overrides, detector, ious):
     for iou in ious:
         assert set(METRIC_KEYS) <= set(doc[iou]), iou
         assert len(doc[f"{iou}_per_class"]) == 8
-    assert doc["protocol"] == {"score_thr": 1e-4, "max_per_img": 300, "ann_file": doc["protocol"]["ann_file"]}
+    assert doc["protocol"] == {"protocol": "standard", "score_thr": 1e-4, "max_per_img": 300, "topk": 10000,
+                               "ann_file": doc["protocol"]["ann_file"]}
 
 
 def test_roi_test_scores_follow_ecm_activation(overrides):

@@ -231,22 +231,48 @@ def prefetch(overrides: list[str] | None = OVERRIDES) -> None:
 @app.command("eval")
 @user_errors
 def eval_cmd(
-    run_dirs: list[Path] = typer.Argument(..., help="One or more run directories (compared side by side)."),
-    checkpoint: Path | None = typer.Option(None, "--checkpoint", help="Checkpoint (default: the last)."),
-    overrides: list[str] | None = typer.Option(None, "--set", help="eval.* override, e.g. eval.per_class=true"),
-    reuse: bool = typer.Option(False, "--reuse", help="Use existing metrics.json instead of re-evaluating."),
+    run_dirs: list[Path] | None = typer.Argument(None, help="Run directories (compared side by side).",
+                                                 show_default=False),
+    checkpoint: Path | None = typer.Option(None, "--checkpoint", help="Checkpoint (default: the run's last)."),
+    overrides: list[str] | None = typer.Option(None, "--set", help="eval.* override, e.g. eval.protocol=fixed"),
+    reuse: bool = typer.Option(False, "--reuse", help="Show the existing metrics.json instead of evaluating."),
+    reuse_detections: bool = typer.Option(False, "--reuse-detections",
+                                          help="Re-score the run's kept detections (no inference)."),
+    gt: Path | None = typer.Option(None, "--gt", help="LVIS annotations to score --results against."),
+    results: Path | None = typer.Option(None, "--results", help="An LVIS-format results file (no run needed)."),
+    iou: str = typer.Option("bbox", "--iou", help="bbox or segm (with --results)."),
+    protocol: str = typer.Option("standard", "--protocol", help="standard, fixed or pooled (with --results)."),
+    out: Path | None = typer.Option(None, "-o", "--out", help="metrics file to write (with --results)."),
 ) -> None:
-    """LVIS evaluation (AP, APr/APc/APf, box and mask) -> metrics.json and a table.
+    """LVIS evaluation (AP, APr/APc/APf, box and mask; Fixed/Pooled AP) -> metrics.json and a table.
 
-    Examples: ecmctl eval runs/faster_rcnn_tiny-ecm-synth/20261125-120000;
-    ecmctl eval RUN_A RUN_B --reuse
+    Examples: ecmctl eval runs/ecm_r50_1x-lvis_v1/20261125-120000;  ecmctl eval RUN_A RUN_B --reuse;
+    ecmctl eval RUN --set eval.protocol=fixed;  ecmctl eval RUN --reuse-detections --set eval.protocol=pooled;
+    ecmctl eval --gt lvis_v1_val.json --results detections.json --iou segm -o metrics.json
     """
     from ecmctl.cli.render import metrics_table
-    from ecmctl.pipeline.evaluate import evaluate, load_metrics
+    from ecmctl.pipeline.evaluate import evaluate, evaluate_results_file, load_metrics
 
+    if gt is not None or results is not None:
+        if gt is None or results is None or run_dirs:
+            raise UserError("--gt and --results go together, without run directories")
+        if iou not in ("bbox", "segm") or protocol not in ("standard", "fixed", "pooled"):
+            raise UserError(f"--iou {iou} --protocol {protocol}: --iou is bbox or segm, --protocol standard, "
+                            "fixed or pooled")
+        doc = evaluate_results_file(gt, results, iou, protocol, out)
+        console.print(metrics_table([doc], names=[results.name]))
+        if out is not None:
+            console.print(f"wrote {out}")
+        return
+    if not run_dirs:
+        raise UserError("give run directories, or --gt ANNOTATIONS --results RESULTS")
     if checkpoint is not None and len(run_dirs) > 1:
         raise UserError("--checkpoint applies to a single run directory")
-    docs = [load_metrics(r) if reuse else evaluate(r, checkpoint, overrides or [], _say) for r in run_dirs]
+    if reuse and (reuse_detections or checkpoint is not None or overrides):
+        raise UserError("--reuse shows the existing metrics.json: it takes no --checkpoint, --set or "
+                        "--reuse-detections")
+    docs = [load_metrics(r) if reuse else evaluate(r, checkpoint, overrides or [], _say, reuse_detections)
+            for r in run_dirs]
     console.print(metrics_table(docs))
     for r in run_dirs:
         console.print(f"wrote {Path(r) / 'metrics.json'}" if not reuse else f"read {Path(r) / 'metrics.json'}")

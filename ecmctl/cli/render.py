@@ -139,6 +139,10 @@ def weights_table(doc: dict, rows: int = 5):
     return table
 
 
+# metrics.json sections shown, in order: standard AP, then Fixed AP and Pooled AP (Dave et al. 2021) if evaluated
+SECTIONS = ("bbox", "bbox_fixed", "bbox_pooled", "segm", "segm_fixed", "segm_pooled")
+
+
 def paper_ap(doc: dict, iou: str) -> float | None:
     """The AP (%) the paper reports for the recipe this run followed, if any."""
     return (((doc.get("recipe") or {}).get("paper") or {}).get(iou))
@@ -155,11 +159,12 @@ def metrics_table(docs: list[dict], names: list[str] | None = None):
     with_paper = any(paper_ap(docs[0], iou) is not None for iou in ("bbox", "segm"))
     if with_paper:
         table.add_column(f"paper ({docs[0]['recipe']['name']}; measured Δ)", justify="right")
-    for iou in ("bbox", "segm"):
-        if not any(iou in d for d in docs):
+    for section in SECTIONS:
+        if not any(section in d for d in docs):
             continue
-        for key in METRIC_KEYS:
-            vals = [d.get(iou, {}).get(key) for d in docs]
+        iou, _, protocol = section.partition("_")
+        for key in GROUP_KEYS if protocol else METRIC_KEYS:
+            vals = [d.get(section, {}).get(key) for d in docs]
             cells = []
             for i, v in enumerate(vals):
                 if v is None or v < 0:
@@ -169,11 +174,11 @@ def metrics_table(docs: list[dict], names: list[str] | None = None):
                 else:
                     cells.append(f"{100 * v:.1f} ({100 * (v - vals[0]):+.1f})")
             if with_paper:
-                paper = paper_ap(docs[0], iou) if key == "AP" else None
+                paper = paper_ap(docs[0], iou) if key == "AP" and not protocol else None
                 measured = vals[0] if vals[0] is not None and vals[0] >= 0 else None
                 cells.append("" if paper is None else f"{paper:.1f}" + (
                     f" ({100 * measured - paper:+.1f})" if measured is not None else ""))
-            table.add_row(f"{iou} {key}", *cells)
+            table.add_row(f"{iou} {protocol + ' ' if protocol else ''}{key}", *cells)
     return table
 
 

@@ -182,7 +182,13 @@ class CalibrateConf:
 class EvalConf:
     checkpoint: str | None = None
     score_thr: float = rule(1e-4, ge=0.0, lt=1.0)
-    max_per_img: int = rule(300, ge=1)
+    max_per_img: int = rule(300, ge=1)  # the standard protocol's detections per image
+    # standard AP, or also Fixed AP / Pooled AP (Dave et al. 2021): per-class top-K over the dataset, no
+    # per-image cap at inference (max_per_img_fixed), which costs more detections per image
+    protocol: str = rule("standard", choices=("standard", "fixed", "pooled"))
+    topk: int = rule(10_000, ge=1)  # Fixed/Pooled AP: detections kept per class over the dataset
+    max_per_img_fixed: int | None = rule(None, ge=1)  # fixed/pooled inference: null = no per-image cap
+    keep_detections: bool = True  # the run keeps its raw detections (eval/detections/) for re-scoring
     per_class: bool = False
 
 

@@ -1,5 +1,6 @@
 """The only coupling to mmengine/mmdet beyond the losses: Hydra config -> mmdet config, Runners, hooks.
 
 builder (mmdet config from ecmctl's config) · runner (per-rank train/test functions, distributed init)
-· hooks (calibration, progress) · lvis_metric (subset-correct LVIS metric) · compat (old-stack workarounds).
+· hooks (calibration, progress) · loops (resumable epoch loop) · lvis_stream_metric (the streaming LVIS
+metric) · checkpoints (backbone weights) · compat (old-stack workarounds).
 """

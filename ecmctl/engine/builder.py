@@ -16,7 +16,7 @@ from ecmctl.losses.placement import apply_loss, apply_normed_head
 
 # ecmctl's launcher -> mmengine's `launcher` (how each rank initialises torch.distributed)
 MM_LAUNCHERS = {"local": "none", "torchrun": "pytorch", "slurm": "slurm"}
-CUSTOM_IMPORTS = ["ecmctl.losses", "ecmctl.engine.compat", "ecmctl.engine.lvis_metric", "ecmctl.engine.hooks",
+CUSTOM_IMPORTS = ["ecmctl.losses", "ecmctl.engine.compat", "ecmctl.engine.lvis_stream_metric", "ecmctl.engine.hooks",
                   "ecmctl.engine.loops"]
 
 
@@ -106,11 +106,8 @@ def build_mm_config(cfg: DictConfig, classes: Sequence[str], work_dir: str | Pat
         batch_size=1, num_workers=int(tr.num_workers), persistent_workers=False, drop_last=False,
         sampler=dict(type="DefaultSampler", shuffle=False),
         dataset=_dataset(ds, ds.val_ann, classes, test_pipe, test_mode=True))
-    mm.test_evaluator = dict(type="ecmctl.PerClassLVISMetric", ann_file=str(Path(ds.val_ann).resolve()),
-                             metric=["bbox", "segm"] if with_mask else ["bbox"],
-                             classwise=False)  # `ecmctl eval` turns it on
     mm.test_cfg = dict(type="TestLoop")
-    set_test_protocol(mm.model, float(cfg.eval.score_thr), int(cfg.eval.max_per_img))
+    apply_eval_protocol(mm, cfg.eval, ds.val_ann, with_mask)
     _schedule(mm, sch, tr, float(sch.lr if lr is None else lr))
     mm.default_hooks = dict(
         timer=dict(type="IterTimerHook"),
@@ -171,6 +168,27 @@ def _schedule(mm, sch: DictConfig, tr: DictConfig, lr: float) -> None:
                        clip_grad=dict(max_norm=float(sch.grad_clip), norm_type=2) if sch.grad_clip else None)
     wrapper["type"] = "AmpOptimWrapper" if tr.amp else "OptimWrapper"
     mm.optim_wrapper = wrapper
+
+
+# "no per-image cap" for the Fixed/Pooled AP inference: mmdet's heads treat -1 differently (RoI heads keep
+# everything, dense heads slice [:-1]), so a cap no image reaches stands in for it
+UNCAPPED = 100_000
+
+
+def apply_eval_protocol(mm, ev: DictConfig, ann_file: str, with_mask: bool, shard_dir: str | None = None) -> None:
+    """The LVIS protocol at test time and the streaming evaluator that scores it.
+
+    standard: score_thr 1e-4 and 300 detections per image; fixed/pooled (Dave et al. 2021): no per-image cap
+    at inference (or `max_per_img_fixed`), the evaluator keeping each class's top K over the dataset; the
+    standard numbers are computed too (its 300-per-image cap is applied by the evaluator, as lvis-api does).
+    """
+    fixed = ev.protocol != "standard"
+    per_img = (int(ev.max_per_img_fixed) if ev.max_per_img_fixed else UNCAPPED) if fixed else int(ev.max_per_img)
+    set_test_protocol(mm.model, float(ev.score_thr), per_img)
+    mm.test_evaluator = dict(type="ecmctl.StreamingLVISMetric", ann_file=str(Path(ann_file).resolve()),
+                             metric=["bbox", "segm"] if with_mask else ["bbox"],
+                             protocols=["standard", ev.protocol] if fixed else ["standard"],
+                             max_dets=int(ev.max_per_img), topk=int(ev.topk), classwise=True, shard_dir=shard_dir)
 
 
 def set_test_protocol(model, score_thr: float, max_per_img: int) -> None:

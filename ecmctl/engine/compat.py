@@ -10,31 +10,27 @@ Fixes:
     numpy proxy that has ``float``; numpy itself is not touched.
   * torch >= 2.6 loads with ``weights_only=True``: mmengine checkpoints (``message_hub``) hold HistoryBuffer
     objects with numpy arrays/scalars; exactly those globals are allow-listed (`CHECKPOINT_SAFE_GLOBALS`).
-  * mmdet's LVISMetric sets ``params.imgIds`` (pycocotools' name) that lvis-api never reads, so a subset of
-    images is scored against every image of ``ann_file``: `SubsetLVISMetric`, type ``'ecmctl.LVISMetric'``.
+  * ``'ecmctl.X'`` types are found only in registries scoped ``ecmctl`` (`scope_registry`).
   * mmdet's full-size configs start from ``torchvision://resnet50``; mmengine imports torchvision just to
     look up its URL, and torchvision is not installed (PyPI's build does not load beside the CPU torch):
     without torchvision the URL comes from mmengine's own shipped table.
-Not needed here: mmdet's CocoMetric wants ``iscrowd`` on LVIS annotations, but ecmctl evaluates LVIS-format
-data with ``ecmctl.LVISMetric`` only.
+Not needed here: mmdet's LVISMetric scores a subset of images against all of them (it sets ``params.imgIds``,
+which lvis-api never reads) and its CocoMetric wants ``iscrowd`` on LVIS annotations; ecmctl evaluates with
+its own ``ecmctl.StreamingLVISMetric`` (ecmctl.evaluation), which has neither problem.
 """
 
 from __future__ import annotations
 
 import importlib
 import pickle
-from collections.abc import Sequence
 
 import lvis.eval
 import numpy as np
 import torch
-from mmdet.evaluation.metrics.lvis_metric import LVISMetric
-from mmengine.logging import MMLogger
 from mmengine.logging.history_buffer import HistoryBuffer
-from mmengine.registry import METRICS, Registry
+from mmengine.registry import Registry
 
 SCOPE = "ecmctl"
-LVIS_METRIC_TYPE = f"{SCOPE}.LVISMetric"
 
 
 # --- a. lvis 0.5.3 + numpy >= 1.24 -------------------------------------------------------------------
@@ -106,7 +102,7 @@ def _allow_mmengine_checkpoint_globals() -> None:
         add(CHECKPOINT_SAFE_GLOBALS)
 
 
-# --- c. mmdet's LVISMetric on a subset of images ------------------------------------------------------
+# --- c. ecmctl's registry scope ------------------------------------------------------------------------
 
 
 def scope_registry(registry: Registry) -> Registry:
@@ -122,69 +118,6 @@ def scope_registry(registry: Registry) -> Registry:
     if child is None:
         child = Registry(root.name, parent=root, scope=SCOPE)
     return child
-
-
-class SubsetLVISMetric(LVISMetric):
-    """mmdet's LVISMetric that scores exactly the images it was given (config type ``'ecmctl.LVISMetric'``).
-
-    mmdet 3.3.0 writes ``lvis_eval.params.imgIds``, which lvis-api ignores: LVISEval keeps
-    ``params.img_ids`` = every image of ``ann_file``, and images that were never run count as misses. Here
-    LVISEval gets a ground truth holding only the processed images, so its default ``img_ids`` are those.
-    Detections per image stay at lvis-api's 300 (LVISResults / Params defaults; the model's test_cfg
-    sets max_per_img and score_thr). When no image has any detection, mmdet returns ``{}`` (which breaks
-    CheckpointHook's save_best); here every requested value is then 0.0, what AP/AR are with no detections.
-    """
-
-    def compute_metrics(self, results: list) -> dict[str, float]:
-        full_api, full_img_ids = self._lvis_api, self.img_ids
-        if full_api is not None:  # with ann_file; without it mmdet builds the gt from these very results
-            img_ids = list(dict.fromkeys(gt["img_id"] for gt, _ in results))  # result order: proposal_fast
-            self._lvis_api, self.img_ids = _lvis_subset(full_api, img_ids), img_ids
-        try:
-            metrics = super().compute_metrics(results)
-        finally:
-            self._lvis_api, self.img_ids = full_api, full_img_ids
-        return self._fill_empty(metrics)
-
-    def _fill_empty(self, metrics: dict[str, float]) -> dict[str, float]:
-        """0.0 for every requested value that mmdet skipped because there were no detections at all."""
-        if self.format_only:
-            return metrics
-        filled = dict(metrics)
-        for metric in self.metrics:
-            if metric in ("bbox", "segm"):
-                items = self.metric_items or ["AP", "AP50", "AP75", "APs", "APm", "APl", "APr", "APc", "APf"]
-                keys = [f"{metric}_{k}" for k in items]
-            elif metric == "proposal":
-                keys = list(self.metric_items or ["AR@300", "ARs@300", "ARm@300", "ARl@300"])
-            else:  # proposal_fast never comes back empty
-                continue
-            if not any(k in metrics for k in keys):
-                filled.update(dict.fromkeys(keys, 0.0))
-        if filled != metrics:
-            MMLogger.get_current_instance().warning(
-                "ecmctl.LVISMetric: no detections on any image; reporting 0.0 for "
-                + ", ".join(k for k in filled if k not in metrics))
-        return filled
-
-
-def _lvis_subset(api, img_ids: Sequence[int]):
-    """A copy of an lvis.LVIS api with only `img_ids` and their annotations (categories unchanged)."""
-    keep = set(img_ids)
-    sub = type(api).__new__(type(api))
-    sub.logger = api.logger
-    sub.dataset = {**api.dataset,
-                   "images": [im for im in api.dataset["images"] if im["id"] in keep],
-                   "annotations": [a for a in api.dataset["annotations"] if a["image_id"] in keep]}
-    sub._create_index()
-    return sub
-
-
-def _register_lvis_metric() -> None:
-    # mmdet's own name 'LVISMetric' is left alone; configs opt in with type='ecmctl.LVISMetric'.
-    scoped = scope_registry(METRICS)
-    if scoped.module_dict.get("LVISMetric") is not SubsetLVISMetric:
-        scoped.register_module(name="LVISMetric", module=SubsetLVISMetric, force=True)
 
 
 # --- d. torchvision:// checkpoints without torchvision ---------------------------------------------------
@@ -222,7 +155,6 @@ def apply() -> None:
     """Install every workaround above; safe to call any number of times."""
     _fix_lvis_np_float()  # lvis 0.5.3 LVISEval.accumulate uses np.float, gone since numpy 1.24
     _allow_mmengine_checkpoint_globals()  # torch>=2.6 weights_only load rejects mmengine's HistoryBuffer
-    _register_lvis_metric()  # mmdet sets params.imgIds, lvis reads img_ids: a subset is scored as all images
     _resolve_torchvision_urls()  # mmdet's R50 configs init from torchvision://, which imports torchvision
 
 

@@ -22,7 +22,7 @@ def make_runner(mm):
     from mmengine.runner import Runner
 
     from ecmctl import losses  # noqa: F401  (registries, for in-memory configs too)
-    from ecmctl.engine import compat, hooks, lvis_metric  # noqa: F401
+    from ecmctl.engine import compat, hooks, loops, lvis_stream_metric  # noqa: F401
 
     compat.apply()
     mm.experiment_name = f"ecmctl-{uuid.uuid4().hex[:12]}"

@@ -1,104 +1,196 @@
-"""`ecmctl eval`: the LVIS protocol (score_thr 1e-4, 300 detections per image) with lvis-api, box and mask."""
+"""`ecmctl eval`: the LVIS protocol (score_thr 1e-4, 300 detections per image), box and mask, scored by the
+streaming evaluator (ecmctl.evaluation: lvis-api's numbers, a few bytes per detection), optionally with
+Fixed AP / Pooled AP; for a run directory (inference, or its kept detections) or any results file."""
 
 from __future__ import annotations
 
 import json
 import math
+import shutil
 from pathlib import Path
 
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 
+from ecmctl.core.config_schema import validate
 from ecmctl.core.errors import UserError
-from ecmctl.core.io import atomic_write_json, atomic_write_text, load_schema, sha256_file
+from ecmctl.core.io import atomic_write_json, atomic_write_text, check_output_dir, load_schema, sha256_file
 from ecmctl.core.runs import HYDRA_CONFIG, MM_CONFIG, RunDir, now
-from ecmctl.core.schemas import METRIC_KEYS, METRICS_SCHEMA
-from ecmctl.engine.builder import set_test_protocol
+from ecmctl.core.schemas import METRICS_SCHEMA
+from ecmctl.engine.builder import apply_eval_protocol
+from ecmctl.evaluation import evaluate_detections, evaluate_files
+from ecmctl.evaluation.detections import shard_paths
 from ecmctl.launch import Task, launch
 
 METRICS_JSON = "metrics.json"
+EVAL_DIR = "eval"
+EVAL_MM_CONFIG = "eval_mmdet_config.py"
+EVAL_RAW = "raw_metrics.json"
+DETECTIONS = "detections"  # RUN/eval/detections/: the raw detections of the last evaluation, per rank
+DETECTIONS_JSON = "detections.json"  # what they are: checkpoint, protocol at inference
+# metrics.json sections: standard AP, then Fixed AP and Pooled AP (Dave et al. 2021) when evaluated; longest first
+SECTIONS = ("bbox_fixed", "bbox_pooled", "segm_fixed", "segm_pooled", "bbox", "segm")
 
 
-def eval_config(run_dir: Path, overrides: list[str]):
-    """The run's Hydra config with eval.*, launcher.* and device= overrides applied."""
+def eval_config(run_dir: Path, overrides: list[str]) -> DictConfig:
+    """The run's config with eval.*, launcher.* and device= overrides applied, typed and checked."""
     cfg = OmegaConf.load(Path(run_dir) / HYDRA_CONFIG)
     bad = [o for o in overrides if not o.startswith(("eval.", "launcher.", "device="))]
     if bad:
         raise UserError(f"eval takes only eval.*, launcher.* and device= overrides, got {' '.join(bad)}")
     try:
-        return OmegaConf.merge(cfg, OmegaConf.from_dotlist(list(overrides)))
+        merged = OmegaConf.merge(cfg, OmegaConf.from_dotlist(list(overrides)))
     except Exception as e:
-        raise UserError(f"bad eval override: {e}") from None
+        raise UserError(f"bad eval override {' '.join(overrides)}: {str(e).splitlines()[0]}") from None
+    return validate(merged)
 
 
 def parse_metrics(raw: dict) -> dict:
-    """mmengine's flat 'lvis/bbox_APr' keys -> {'bbox': {'APr': ...}, 'segm': {...}}, plus per-class AP."""
+    """The metric's flat 'lvis/bbox_APr', 'lvis/bbox_fixed_AP', 'lvis/segm_class_AP/name' keys ->
+    {'bbox': {'APr': ...}, 'bbox_fixed': {...}, 'segm_per_class': {name: AP or None}, ...}."""
     out: dict = {}
     for key, value in raw.items():
-        name = key.split("/", 1)[-1]
-        for iou in ("bbox", "segm"):
-            if name.startswith(iou + "_"):
-                item = name[len(iou) + 1:]
-                if item in METRIC_KEYS:
-                    out.setdefault(iou, {})[item] = float(value)
-                elif item.startswith("class_AP/"):
-                    out.setdefault(f"{iou}_per_class", {})[item.split("/", 1)[1]] = (
-                        None if math.isnan(value) else float(value))
+        name = key.split("/", 1)[1] if key.startswith("lvis/") else key
+        if "_class_AP/" in name:
+            section, _, cls = name.partition("_class_AP/")
+            out.setdefault(f"{section}_per_class", {})[cls] = None if math.isnan(value) else float(value)
+        else:
+            section = next((s for s in SECTIONS if name.startswith(s + "_")), None)
+            if section is not None:
+                item = name[len(section) + 1:]
+                out.setdefault(section, {})[item] = int(value) if item == "classes_below_topk" else float(value)
     return out
 
 
-EVAL_MM_CONFIG = "eval_mmdet_config.py"
-EVAL_RAW = "raw_metrics.json"
-
-
-def eval_mm_config(run: RunDir, checkpoint: Path, cfg):
-    """The run's mmdet config set up for testing `checkpoint` with the LVIS protocol of `cfg.eval`."""
+def eval_mm_config(run: RunDir, checkpoint: Path, cfg: DictConfig, shard_dir: Path | None):
+    """The run's mmdet config set up for testing `checkpoint` with the protocol of `cfg.eval`."""
     from mmengine.config import Config
 
     mm = Config.fromfile(str(run.path / MM_CONFIG))
-    mm.work_dir = str((run.path / "eval").resolve())
+    mm.work_dir = str((run.path / EVAL_DIR).resolve())
     mm.load_from, mm.resume = str(Path(checkpoint).resolve()), False
-    mm.test_evaluator.classwise = True  # per-class AP feeds metrics.json and the report
-    set_test_protocol(mm.model, float(cfg.eval.score_thr), int(cfg.eval.max_per_img))
+    apply_eval_protocol(mm, cfg.eval, cfg.dataset.val_ann, bool(cfg.detector.with_mask),
+                        str(shard_dir.resolve()) if shard_dir else None)
     mm.launcher = "pytorch" if cfg.launcher.name == "torchrun" else "none"  # slurm runs evaluate here
     mm.visualizer.vis_backends = [dict(type="LocalVisBackend")]
     return mm
 
 
-def evaluate(run_dir: str | Path, checkpoint: str | Path | None = None, overrides: list[str] = (),
-             say=print) -> dict:
-    """Evaluate a run's checkpoint and write metrics.json into the run directory."""
-    run = RunDir.open(run_dir)
-    cfg = eval_config(run.path, list(overrides))
+def _checkpoint(run: RunDir, checkpoint: str | Path | None, cfg: DictConfig) -> Path:
     ckpt = Path(checkpoint) if checkpoint else (Path(cfg.eval.checkpoint) if cfg.eval.checkpoint
                                                 else run.last_checkpoint())
     if ckpt is None:
-        raise UserError(f"{run.path}: no checkpoint yet; train it first or pass --checkpoint PATH")
+        raise UserError(f"{run.path}: no checkpoint in this run directory; train it first "
+                        "(or resume it) or pass --checkpoint PATH")
     if not ckpt.is_file():
         raise UserError(f"{ckpt}: no such checkpoint")
-    eval_dir = run.path / "eval"
+    return ckpt
+
+
+def evaluate(run_dir: str | Path, checkpoint: str | Path | None = None, overrides: list[str] = (),
+             say=print, reuse_detections: bool = False) -> dict:
+    """Evaluate a run's checkpoint (or re-score its kept detections) and write metrics.json into it."""
+    run = RunDir.open(run_dir)
+    cfg = eval_config(run.path, list(overrides))
+    if reuse_detections:
+        return _rescore(run, cfg, say)
+    ckpt = _checkpoint(run, checkpoint, cfg)
+    eval_dir = run.path / EVAL_DIR
     eval_dir.mkdir(exist_ok=True)
-    atomic_write_text(eval_dir / EVAL_MM_CONFIG, eval_mm_config(run, ckpt, cfg).pretty_text)
+    partial = eval_dir / f"{DETECTIONS}.partial" if cfg.eval.keep_detections else None
+    if partial is not None:
+        shutil.rmtree(partial, ignore_errors=True)
+    atomic_write_text(eval_dir / EVAL_MM_CONFIG, eval_mm_config(run, ckpt, cfg, partial).pretty_text)
     raw_file = eval_dir / EVAL_RAW
     raw_file.unlink(missing_ok=True)
     task = Task("ecmctl.engine.runner:test_run", str(run.path),
-                {"config": f"eval/{EVAL_MM_CONFIG}", "out": f"eval/{EVAL_RAW}"})
+                {"config": f"{EVAL_DIR}/{EVAL_MM_CONFIG}", "out": f"{EVAL_DIR}/{EVAL_RAW}"})
     launcher = cfg.launcher if cfg.launcher.name == "torchrun" else OmegaConf.create({"name": "local"})
     launch(task, launcher, say, device=cfg.get("device", "auto"))
-    return write_metrics(run.path, ckpt, cfg, json.loads(raw_file.read_text()))
+    doc = metrics_document(run, ckpt, cfg, parse_metrics(json.loads(raw_file.read_text())))
+    if partial is not None:  # the detections of this checkpoint replace the previous evaluation's
+        atomic_write_json(partial / DETECTIONS_JSON, {"checkpoint": run.relative(ckpt), "protocol": doc["protocol"],
+                                                      "checkpoint_sha256": doc["checkpoint_sha256"]})
+        shutil.rmtree(eval_dir / DETECTIONS, ignore_errors=True)
+        partial.rename(eval_dir / DETECTIONS)
+    write_metrics(run.path, doc)
+    return doc
 
 
-def write_metrics(run_dir: Path, ckpt: Path, cfg, raw: dict) -> dict:
-    parsed = parse_metrics(raw)
+def _rescore(run: RunDir, cfg: DictConfig, say) -> dict:
+    """`ecmctl eval RUN --reuse-detections`: the kept detections of the last evaluation, scored again (another
+    protocol, or another ground truth such as a subset), without inference."""
+    det_dir = run.path / EVAL_DIR / DETECTIONS
+    info_file = det_dir / DETECTIONS_JSON
+    if not info_file.is_file():
+        raise UserError(f"{run.path}: no kept detections ({det_dir}); evaluate the run once with "
+                        "eval.keep_detections=true")
+    info = json.loads(info_file.read_text())
+    shards = shard_paths(det_dir)
+    ious = ["bbox", "segm"] if cfg.detector.with_mask else ["bbox"]
+    protocols = ["standard"] + ([cfg.eval.protocol] if cfg.eval.protocol != "standard" else [])
+    if cfg.eval.protocol != "standard" and info["protocol"].get("protocol", "standard") == "standard":
+        say(f"the kept detections were made with {info['protocol']['max_per_img']} per image (the standard "
+            "protocol): Fixed/Pooled AP from them is a lower bound; evaluate with eval.protocol="
+            f"{cfg.eval.protocol} for the uncapped inference")
+    parsed: dict = {}
+    for iou in ious:
+        for protocol in protocols:
+            summary = evaluate_detections(cfg.dataset.val_ann, shards, iou, protocol,
+                                          max_dets=int(cfg.eval.max_per_img), topk=int(cfg.eval.topk))
+            parsed.update(_sections(iou, protocol, summary))
+    ckpt = run.path / info["checkpoint"]
+    doc = metrics_document(run, ckpt, cfg, parsed, checkpoint_sha256=info["checkpoint_sha256"])
+    doc["rescored_from"] = str(det_dir.relative_to(run.path))
+    write_metrics(run.path, doc)
+    return doc
+
+
+def _sections(iou: str, protocol: str, summary: dict) -> dict:
+    """evaluate_files/evaluate_detections' summary as metrics.json sections."""
+    name = iou if protocol == "standard" else f"{iou}_{protocol}"
+    values = {k: float(v) for k, v in summary.items() if isinstance(v, float)}
+    out = {name: values}
+    if "per_class" in summary:
+        out[f"{name}_per_class"] = {k: (None if v < 0 else float(v)) for k, v in summary["per_class"].items()}
+    if "classes_below_topk" in summary:
+        out[name]["classes_below_topk"] = int(summary["classes_below_topk"])
+    return out
+
+
+def metrics_document(run: RunDir, ckpt: Path, cfg: DictConfig, parsed: dict,
+                     checkpoint_sha256: str | None = None) -> dict:
+    """metrics.json (schema ecmctl/metrics@1) of a run's evaluation."""
     if "bbox" not in parsed:
-        raise RuntimeError(f"the evaluation returned no box metrics ({sorted(raw)}); "
-                           "the model produced no detections")
-    doc = {"schema": METRICS_SCHEMA, "run": str(run_dir), "checkpoint": str(ckpt),
-           "checkpoint_sha256": sha256_file(ckpt), "evaluated": now(),
-           "protocol": {"score_thr": float(cfg.eval.score_thr), "max_per_img": int(cfg.eval.max_per_img),
-                        "ann_file": str(cfg.dataset.val_ann)},
-           "recipe": RunDir(run_dir).meta.get("recipe"),  # with the paper's numbers, for a side-by-side
-           **parsed}
-    atomic_write_json(run_dir / METRICS_JSON, doc)
+        raise RuntimeError(f"the evaluation returned no box metrics ({sorted(parsed)})")
+    ev = cfg.eval
+    return {"schema": METRICS_SCHEMA, "run": str(run.path), "checkpoint": run.relative(ckpt),
+            "checkpoint_sha256": checkpoint_sha256 or sha256_file(ckpt), "evaluated": now(),
+            "protocol": {"protocol": ev.protocol, "score_thr": float(ev.score_thr), "max_per_img": int(ev.max_per_img),
+                         "topk": int(ev.topk), "ann_file": str(cfg.dataset.val_ann)},
+            "recipe": run.meta.get("recipe"),  # with the paper's numbers, for a side-by-side
+            **parsed}
+
+
+def write_metrics(run_dir: Path, doc: dict) -> dict:
+    atomic_write_json(Path(run_dir) / METRICS_JSON, doc)
+    return doc
+
+
+def evaluate_results_file(gt: str | Path, results: str | Path, iou_type: str = "bbox", protocol: str = "standard",
+                          out: str | Path | None = None, topk: int = 10_000) -> dict:
+    """`ecmctl eval --gt ANNOTATIONS.json --results RESULTS.json`: an LVIS-format results file (lvis-api,
+    detectron2 and mmdet write them), scored without a run directory or a model, as metrics@1."""
+    if out is not None:
+        out = check_output_dir(out)
+        for given in (gt, results):
+            if Path(out).resolve() == Path(given).resolve():
+                raise UserError(f"{out}: the output would overwrite an input; choose another -o path")
+    summary = evaluate_files(gt, results, iou_type, protocol, topk=topk)
+    doc = {"schema": METRICS_SCHEMA, "gt": str(gt), "results": str(results), "evaluated": now(),
+           "protocol": {"protocol": protocol, "iou_type": iou_type, "max_per_img": 300, "topk": topk},
+           **_sections(iou_type, protocol, summary)}
+    if out is not None:
+        atomic_write_json(out, doc)
     return doc
 
 
