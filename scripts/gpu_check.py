@@ -71,7 +71,7 @@ GPU = Sizes(classes=1203, train_images=400, val_images=240, image=(200, 120), sc
             proposals=None, max_per_img=300, calibrate_iters=200, train_iters=50, torchrun_iters=10, num_workers=4,
             bench_shapes="16x512,2x512", bench_repeats=30)
 DRY = Sizes(classes=100, train_images=17, val_images=17, image=(56, 32), scale=(112, 64), rois=32,
-            proposals=50, max_per_img=10, calibrate_iters=3, train_iters=3, torchrun_iters=2, num_workers=0,
+            proposals=50, max_per_img=10, calibrate_iters=2, train_iters=2, torchrun_iters=1, num_workers=0,
             bench_shapes="1x64", bench_repeats=3)
 
 
@@ -204,12 +204,15 @@ def summarize(steps: dict[str, dict]) -> dict:
         "mmcv": fig("mmcv", "source"), "mmcv_build_s": fig("mmcv", "build_s"),
         "cuda_roi_align_max_abs_diff": fig("mmcv", "roi_align_max_abs_diff"),
         "cuda_nms_same_keep": fig("mmcv", "nms_same_keep"),
-        "r": fig("calibrate", "r"), "r_ci95": fig("calibrate", "ci95"), "r_paper": PAPER_R,
+        "r": fig("calibrate", "r"), "r_ci95": fig("calibrate", "ci95"), "r_iters": fig("calibrate", "iters"),
+        "r_paper": PAPER_R,
         "ms_per_iter": {"ecm": ecm, "bce": bce, "ecm_amp": fig("train_amp", "ms_per_iter")},
         "ecm_overhead_pct": 100.0 * (ecm - bce) / bce if ecm and bce else None,
         "peak_memory_mib": {name: fig(f"train_{name}", "peak_memory_mib") for name in ("ecm", "bce", "amp")},
         "torchrun_backend": fig("torchrun_nccl", "backend"),
-        "ecm_vs_bce_loss_time": {f"{r['images']}x{r['rois']} {r['dtype']}": r["ecm_vs_bce"] for r in bench},
+        "loss_time": {f"{r['images']}x{r['rois']} {r['dtype']}": {
+            "ecm_ms": r["methods"]["ECMLoss"]["median_ms"], "ecm_vs_bce": r["ecm_vs_bce"],
+            "ecm_vs_seesaw": r["ecm_vs_seesaw"]} for r in bench},
         "eval_s_per_image": fig("eval", "s_per_image"),
     }
 

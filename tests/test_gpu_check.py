@@ -125,7 +125,8 @@ def test_check_writes_the_json_after_every_step(tmp_path):
 
     def peek(c, d):
         seen.append(json.loads((ctx.out / gc.REPORT).read_text())["steps"])
-        return {"results": [{"images": 2, "rois": 512, "dtype": "bf16", "ecm_vs_bce": 0.9}]}
+        return {"results": [{"images": 2, "rois": 512, "dtype": "bf16", "ecm_vs_bce": 0.9, "ecm_vs_seesaw": 0.1,
+                             "methods": {"ECMLoss": {"median_ms": 0.5}}}]}
 
     def train(c, d):
         return {"ms_per_iter": 110.0, "peak_memory_mib": 9000}
@@ -138,7 +139,8 @@ def test_check_writes_the_json_after_every_step(tmp_path):
     s = doc["summary"]
     assert s["steps_ok"] == s["steps"] == 3 and s["r"] is None and s["r_paper"] == gc.PAPER_R
     assert s["ms_per_iter"]["ecm"] == 110.0 and math.isclose(s["ecm_overhead_pct"], 10.0)
-    assert s["peak_memory_mib"]["ecm"] == 9000 and s["ecm_vs_bce_loss_time"] == {"2x512 bf16": 0.9}
+    assert s["peak_memory_mib"]["ecm"] == 9000
+    assert s["loss_time"] == {"2x512 bf16": {"ecm_ms": 0.5, "ecm_vs_bce": 0.9, "ecm_vs_seesaw": 0.1}}
 
 
 def test_train_figures_from_mmengine_scalars():
@@ -170,5 +172,5 @@ def test_dry_run_reports_every_step(tmp_path):
     s = doc["summary"]
     assert s["mmcv"] == "venv" and s["r"] > 0 and len(s["r_ci95"]) == 2
     assert s["ms_per_iter"]["ecm"] > 0 and s["ms_per_iter"]["bce"] > 0 and s["torchrun_backend"] == "gloo"
-    assert set(s["ecm_vs_bce_loss_time"]) == {f"{gc.DRY.bench_shapes} fp32", f"{gc.DRY.bench_shapes} bf16"}
+    assert set(s["loss_time"]) == {f"{gc.DRY.bench_shapes} fp32", f"{gc.DRY.bench_shapes} bf16"}
     assert s["eval_s_per_image"] > 0 and doc["steps"]["eval"]["bbox_AP"] >= 0
