@@ -6,7 +6,7 @@ earlier check returned), then runs each measurement under a time cap: a step tha
 its error and the check goes on. Every figure goes into one JSON, rewritten after each step, so what ran
 comes back even if the call is cut off. --dry-run runs the same steps at tiny sizes on this CPU.
 
-    bash scripts/gpu-check.sh [--dry-run] [--out DIR] [--budget SECONDS]
+    [BUDGET=480] bash scripts/gpu-check.sh [--dry-run] [--out DIR] [--work DIR]
 """
 
 from __future__ import annotations
