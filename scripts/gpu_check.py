@@ -463,8 +463,8 @@ def step_eval(ctx: Context, deadline: float) -> dict:
 
 STEPS = [  # in the order they run; seconds on the GPU machine (README "GPU check" explains the budget)
     Step("env", 20, 5, step_env),
-    # a carried wheel: ~10 s; a build: ~4 min on 16 cores (~3500 CPU-s measured here), capped late because
-    # the wheel it returns is what lets every later check run in full
+    # a carried wheel: ~10 s; a build: ~4 min on 16 cores (~3500 CPU-s, from compiles timed here); capped late:
+    # the wheel it returns lets every later check run in full
     Step("mmcv", 420, 10, step_mmcv),
     Step("loss_bench", 45, 20, step_loss_bench),
     Step("synth", 30, 5, step_synth),
