@@ -474,7 +474,7 @@ STEPS = [  # in the order they run; seconds on the GPU machine (README "GPU chec
     Step("train_amp", 60, 25, train_step("train_amp", "ecm", lambda s: s.train_iters, "train.amp=true"),
          needs_cuda=True),
     Step("torchrun_nccl", 60, 25, step_torchrun),
-    Step("eval", 120, 60, step_eval),
+    Step("eval", 150, 60, step_eval),
 ]
 
 
