@@ -18,6 +18,7 @@ BUDGET=${BUDGET:-480}  # seconds for everything below, the mmcv build included
 PYTHON=${PYTHON:-python3}
 SITE=/tmp/site
 OUT=${OUT:-$(mktemp -d)}
+mkdir -p "$OUT"
 mapfile -t wheels < <(ls .whl/*.whl | grep -v '/mmcv-')  # mmcv: built or installed by the driver
 echo "installing ${#wheels[@]} carried wheels into $SITE"
 "$PYTHON" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$SITE" "${wheels[@]}"
