@@ -21,6 +21,10 @@ pip_get download --only-binary=:all: --python-version 3.12 --implementation cp \
 pip_get download --no-binary=:all: --no-build-isolation mmcv==2.1.0
 # antlr4's runtime (hydra's parser) exists only as an sdist: pure Python, so a wheel built here works there
 "$PYTHON" -m pip wheel --no-deps -q -w "$WHL" antlr4-python3-runtime==4.9.3
+# the mmcv wheel (or its .partNN files) an earlier check built, if kept beside `make install`'s: no build then
+shopt -s nullglob
+kept=("${WHEELS:-../shared/wheels}"/mmcv-2.1.0-cp312-*.whl*)
+if (( ${#kept[@]} )); then cp "${kept[@]}" "$WHL"/; fi
 
 ls -l "$WHL"
 echo "wheels: $(du -sh "$WHL" | cut -f1) in $WHL"
