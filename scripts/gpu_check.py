@@ -569,7 +569,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, default=None, help=f"where {REPORT} (and mmcv's wheel) go; default: "
                                                            "$OUT, else a new temporary folder")
     ap.add_argument("--budget", type=float, default=480, help="seconds for all steps (default 480)")
-    ap.add_argument("--work", type=Path, default=None, help="datasets and runs (default: a temporary folder)")
+    ap.add_argument("--work", type=Path, default=None, help="datasets and runs (default: a temporary folder, "
+                                                            "removed at the end)")
     ap.add_argument("--whl", type=Path, default=ROOT / ".whl", help="carried wheels and mmcv's sdist")
     ap.add_argument("--site", type=Path, default=None, help="where gpu-check.sh installed the wheels")
     ap.add_argument("--probe", default=None, help=argparse.SUPPRESS)  # NAME=FILE, run by the driver itself
@@ -580,11 +581,12 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     out = args.out or Path(os.environ.get("OUT") or tempfile.mkdtemp(prefix="gpu-check-out-"))
     out.mkdir(parents=True, exist_ok=True)
-    work = args.work or Path(tempfile.mkdtemp(prefix="gpu-check-"))
-    work.mkdir(parents=True, exist_ok=True)
-    ctx = Context(sizes=DRY if args.dry_run else GPU, dry_run=args.dry_run, out=out.resolve(), work=work.resolve(),
-                  whl=args.whl.resolve(), site=args.site)
-    doc = check(ctx, args.budget)
+    with contextlib.ExitStack() as stack:  # the runs' checkpoints take ~1 GB: our own work folder goes at the end
+        work = args.work or Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="gpu-check-")))
+        work.mkdir(parents=True, exist_ok=True)
+        ctx = Context(sizes=DRY if args.dry_run else GPU, dry_run=args.dry_run, out=out.resolve(),
+                      work=work.resolve(), whl=args.whl.resolve(), site=args.site)
+        doc = check(ctx, args.budget)
     print(f"\n{'step':<14} {'status':<8} {'seconds':>8}")
     for name, rec in doc["steps"].items():
         print(f"{name:<14} {rec['status']:<8} {rec['seconds']:>8}")

@@ -159,9 +159,8 @@ def test_train_figures_from_mmengine_scalars():
 def test_dry_run_reports_every_step(tmp_path):
     """The script itself, at tiny sizes on the CPU: every step reports a time and a status."""
     env = {**os.environ, "PYTHON": sys.executable}
-    proc = subprocess.run(["bash", "scripts/gpu-check.sh", "--dry-run", "--out", str(tmp_path / "out"),
-                           "--work", str(tmp_path / "work")], cwd=ROOT, env=env, capture_output=True, text=True,
-                          timeout=1200)
+    proc = subprocess.run(["bash", "scripts/gpu-check.sh", "--dry-run", "--out", str(tmp_path / "out")], cwd=ROOT,
+                          env=env, capture_output=True, text=True, timeout=1200)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     doc = json.loads((tmp_path / "out" / gc.REPORT).read_text())
     assert doc["schema"] == gc.SCHEMA and doc["dry_run"] and list(doc["steps"]) == [s.name for s in gc.STEPS]
