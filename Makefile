@@ -14,7 +14,7 @@ STAMP := $(VENV)/.installed
 PIN := "setuptools<81"
 DEMO_DIR ?= runs/demo
 
-.PHONY: install test lint demo bench clean
+.PHONY: install test lint demo bench gpu-check-dry clean
 
 install: $(STAMP)
 
@@ -39,6 +39,9 @@ demo: install
 bench: install
 	$(PY) benchmarks/count_bench.py
 	$(PY) benchmarks/loss_bench.py
+
+gpu-check-dry: install  # the GPU check's script at tiny sizes on this CPU (README "GPU check")
+	PYTHON=$(PY) bash scripts/gpu-check.sh --dry-run
 
 clean:
 	rm -rf $(VENV) runs/ .pytest_cache

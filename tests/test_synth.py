@@ -152,12 +152,44 @@ def test_summary_and_table(small):
     (dict(val_images=0), "--val-images"),
     (dict(num_classes=24, val_images=3), "--val-images"),
     (dict(image_size=16), "--image-size"),
+    (dict(image_height=16), "--image-height"),
     (dict(seed=-1), "--seed"),
 ])
 def test_bad_arguments_raise_user_error(tmp_path, kwargs, option):
     with pytest.raises(UserError, match=option):
         make_dataset(tmp_path / "ds", **{**SMALL, **kwargs})
     assert not (tmp_path / "ds").exists()  # nothing written before the check
+
+
+def test_repeat_looks_and_height_give_lvis_size_speed_sets(tmp_path):
+    """More classes than looks (LVIS's 1203, for speed tests) and non-square images (1333 x 800 inputs)."""
+    import cv2
+
+    from ecmctl.dataset.synth import MAX_CLASSES, class_specs
+
+    names = [c.name for c in class_specs(1203)]
+    assert len(set(names)) == 1203 and names[:MAX_CLASSES] == [c.name for c in class_specs(MAX_CLASSES)]
+    s = make_dataset(tmp_path / "ds", num_classes=100, train_images=17, val_images=17, image_size=56,
+                     image_height=32, repeat_looks=True)
+    d = _load(s["val_json"])
+    assert len(d["categories"]) == 100 and s["image_height"] == 32
+    assert {(i["width"], i["height"]) for i in d["images"]} == {(56, 32)}
+    assert cv2.imread(str(tmp_path / "ds" / "val" / d["images"][0]["file_name"])).shape == (32, 56, 3)
+    for a in d["annotations"]:
+        x, y, w, h = a["bbox"]
+        assert x >= 0 and y >= 0 and x + w <= 56 + 1e-6 and y + h <= 32 + 1e-6
+
+
+def test_config_keys_reach_the_generator(tmp_path):
+    from ecmctl.core.config import compose
+    from ecmctl.pipeline.prepare import ensure_dataset
+
+    cfg = compose([f"data_root={tmp_path}", "dataset.synth.classes=97", "dataset.synth.repeat_looks=true",
+                   "dataset.synth.train_images=17", "dataset.synth.val_images=17", "dataset.synth.image_size=48",
+                   "dataset.synth.image_height=32"])
+    ensure_dataset(cfg)
+    d = _load(tmp_path / "synth" / "val.json")
+    assert len(d["categories"]) == 97 and {(i["width"], i["height"]) for i in d["images"]} == {(48, 32)}
 
 
 def test_out_dir_that_is_a_file_is_refused(tmp_path):

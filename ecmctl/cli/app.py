@@ -57,18 +57,22 @@ def synth(
     classes: int = typer.Option(24, "--classes", help="Number of categories."),
     train_images: int = typer.Option(400, "--train-images", help="Number of training images."),
     val_images: int = typer.Option(120, "--val-images", help="Number of validation images."),
-    image_size: int = typer.Option(128, "--image-size", help="Side of the square images in pixels."),
+    image_size: int = typer.Option(128, "--image-size", help="Width of the images in pixels."),
+    image_height: int | None = typer.Option(None, "--image-height", help="Height in pixels (default: square)."),
     seed: int = typer.Option(0, "--seed", help="Random seed; the same seed gives byte-identical files."),
+    repeat_looks: bool = typer.Option(False, "--repeat-looks",
+                                      help="Allow more classes than looks (96): for speed tests at LVIS size."),
 ) -> None:
     """Write a deterministic long-tailed dataset in LVIS v1 format.
 
-    Example: ecmctl synth data/synth --classes 24 --train-images 400 --seed 0
+    Examples: ecmctl synth data/synth --classes 24 --train-images 400 --seed 0;
+    ecmctl synth data/lvis_size --classes 1203 --repeat-looks --image-size 200 --image-height 120
     """
     from ecmctl.cli.render import synth_table
     from ecmctl.dataset.synth import make_dataset
 
-    summary = make_dataset(out_dir, num_classes=classes, train_images=train_images,
-                           val_images=val_images, image_size=image_size, seed=seed)
+    summary = make_dataset(out_dir, num_classes=classes, train_images=train_images, val_images=val_images,
+                           image_size=image_size, image_height=image_height, seed=seed, repeat_looks=repeat_looks)
     console.print(synth_table(summary))
 
 

@@ -36,7 +36,9 @@ class SynthConf:
     classes: int = rule(24, ge=3)
     train_images: int = rule(400, ge=1)
     val_images: int = rule(120, ge=1)
-    image_size: int = rule(128, ge=32)
+    image_size: int = rule(128, ge=32)  # width (and height unless image_height)
+    image_height: int | None = rule(None, ge=32)
+    repeat_looks: bool = False  # more classes than distinct looks: looks repeat under numbered names
     seed: int = rule(0, ge=0)
 
 
@@ -343,9 +345,6 @@ def _check_cross(c: RootConf) -> None:
         if bad:
             raise UserError(f"config key 'schedule.milestones' = {s.milestones}: without by_epoch they are "
                             "fractions of max_iters, each in (0, 1)")
-    if c.calibrate.min_iters > c.calibrate.max_iters:
-        raise UserError(f"config key 'calibrate.min_iters' = {c.calibrate.min_iters}: must be <= "
-                        f"calibrate.max_iters ({c.calibrate.max_iters})")
     wf = c.weights_file
     if wf is not None and not (isinstance(wf, str) or (isinstance(wf, list) and wf and
                                                         all(isinstance(w, str) for w in wf))):

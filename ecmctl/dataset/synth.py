@@ -52,11 +52,13 @@ class ClassSpec:
     shape: str
     colour: str
     texture: str
+    repeat: int = 0  # > 0: a look already taken by another class (repeat_looks), named apart by this number
 
     @property
     def name(self) -> str:
         base = f"{self.colour}_{self.shape}"
-        return base if self.texture == "solid" else f"{self.texture}_{base}"
+        base = base if self.texture == "solid" else f"{self.texture}_{base}"
+        return f"{base}_{self.repeat}" if self.repeat else base
 
     @property
     def definition(self) -> str:
@@ -67,13 +69,13 @@ class ClassSpec:
 
 
 def _check_args(out_dir: Path, num_classes: int, train_images: int, val_images: int, image_size: int,
-                seed: int) -> None:
+                image_height: int, seed: int, repeat_looks: bool) -> None:
     """Refuse impossible requests up front, naming the CLI option and the fix."""
     if num_classes < 3:
         raise UserError(f"--classes must be at least 3 (one per frequency group r/c/f), got {num_classes}")
-    if num_classes > MAX_CLASSES:
+    if num_classes > MAX_CLASSES and not repeat_looks:
         raise UserError(f"--classes must be at most {MAX_CLASSES} (shapes x colours x textures), "
-                        f"got {num_classes}")
+                        f"got {num_classes}; --repeat-looks allows more, for speed tests only")
     need = math.ceil(num_classes / MAX_OBJECTS)
     for opt, n in (("--train-images", train_images), ("--val-images", val_images)):
         if n < 1:
@@ -81,8 +83,9 @@ def _check_args(out_dir: Path, num_classes: int, train_images: int, val_images: 
         if n < need:
             raise UserError(f"{opt} {n} is too few for {num_classes} classes (at most {MAX_OBJECTS} per "
                             f"image): use at least {need} or lower --classes")
-    if image_size < 32:
-        raise UserError(f"--image-size must be at least 32 pixels, got {image_size}")
+    for opt, n in (("--image-size", image_size), ("--image-height", image_height)):
+        if n < 32:
+            raise UserError(f"{opt} must be at least 32 pixels, got {n}")
     if seed < 0:
         raise UserError(f"--seed must be a non-negative integer, got {seed}")
     if out_dir.exists() and not out_dir.is_dir():
@@ -93,14 +96,18 @@ def _check_args(out_dir: Path, num_classes: int, train_images: int, val_images: 
 
 
 def class_specs(num_classes: int) -> list[ClassSpec]:
-    """The first `num_classes` categories, interleaved so any prefix mixes shapes and colours."""
+    """The first `num_classes` categories, interleaved so any prefix mixes shapes and colours.
+
+    Beyond MAX_CLASSES the looks repeat (numbered names): LVIS's 1203 classes for speed tests, where
+    no detector could tell the repeats apart.
+    """
     specs = []
     n_sc = len(SHAPES) * len(COLOURS)
     for k in range(num_classes):
-        j, texture = k % n_sc, TEXTURES[k // n_sc]
+        j, texture = k % n_sc, TEXTURES[k // n_sc % len(TEXTURES)]
         shape = j % len(SHAPES)
         colour = (shape + j // len(SHAPES)) % len(COLOURS)  # a distinct colour per shape within a texture
-        specs.append(ClassSpec(SHAPES[shape], list(COLOURS)[colour], texture))
+        specs.append(ClassSpec(SHAPES[shape], list(COLOURS)[colour], texture, k // MAX_CLASSES))
     return specs
 
 
@@ -236,18 +243,19 @@ def _overlap(a: np.ndarray, b: np.ndarray) -> float:
     return float(w * h / small)
 
 
-def place_object(shape: str, size: int, boxes: list[np.ndarray],
+def place_object(shape: str, size: np.ndarray, boxes: list[np.ndarray],
                  rng: np.random.Generator) -> list[np.ndarray]:
-    """Contours of one object, fully inside the image and overlapping earlier boxes only a little.
+    """Contours of one object, fully inside the image (`size` = width, height) and overlapping earlier
+    boxes only a little.
 
     Shrinks the object after repeated failures; if nothing fits, keeps the least-overlapping try.
     """
-    side = rng.uniform(MIN_SIDE, MAX_SIDE) * size
+    side = rng.uniform(MIN_SIDE, MAX_SIDE) * size.min()
     angle = 0.0 if shape in ("circle", "ring") else rng.uniform(-10.0, 10.0)
     best, best_ov = None, math.inf
     for attempt in range(40):
         if attempt and attempt % 10 == 0:
-            side = max(MIN_SIDE * size, side * 0.8)
+            side = max(MIN_SIDE * size.min(), side * 0.8)
         cont = shape_contours(shape, side, angle)
         pts = np.concatenate(cont)
         lo, hi = pts.min(0), pts.max(0)
@@ -263,25 +271,25 @@ def place_object(shape: str, size: int, boxes: list[np.ndarray],
     return best
 
 
-def background(size: int, rng: np.random.Generator) -> np.ndarray:
+def background(width: int, height: int, rng: np.random.Generator) -> np.ndarray:
     """A plain grey of random level with a faint tint: colour, not background, must carry the class."""
     level = rng.uniform(60, 170)
     tint = rng.uniform(-10, 10, size=3)
-    return np.broadcast_to(level + tint, (size, size, 3)).astype(np.float32).copy()
+    return np.broadcast_to(level + tint, (height, width, 3)).astype(np.float32).copy()
 
 
 def draw_object(img: np.ndarray, contours: list[np.ndarray], colour: tuple[int, int, int], texture: str,
                 stripe_phase: float) -> None:
     """Anti-aliased fill of the contours (holes by even-odd), solid or diagonally striped."""
-    size = img.shape[0]
-    mask = np.zeros((size, size), dtype=np.uint8)
+    height, width = img.shape[:2]
+    mask = np.zeros((height, width), dtype=np.uint8)
     # COCO polygons use pixel-corner coordinates, OpenCV pixel centres: shift by half a pixel.
     pts = [np.rint((c - 0.5) * 16).astype(np.int32) for c in contours]
     cv2.fillPoly(mask, pts, 255, lineType=cv2.LINE_AA, shift=4)
     alpha = (mask.astype(np.float32) / 255.0)[..., None]
     paint = np.broadcast_to(np.asarray(colour, np.float32), img.shape)
     if texture == "striped":
-        yy, xx = np.mgrid[0:size, 0:size]
+        yy, xx = np.mgrid[0:height, 0:width]
         dark = ((xx + yy + stripe_phase) % 8) < 4
         paint = np.where(dark[..., None], paint * 0.3, paint)
     img *= 1.0 - alpha
@@ -295,10 +303,11 @@ def _round(v: float) -> float:
     return round(float(v), 2)
 
 
-def render_split(split: str, members: list[list[int]], specs: list[ClassSpec], image_size: int,
+def render_split(split: str, members: list[list[int]], specs: list[ClassSpec], width: int, height: int,
                  first_image_id: int, first_ann_id: int, out_dir: Path,
                  rng: np.random.Generator) -> tuple[list[dict], list[dict]]:
     """Draw and save every image of a split; return its LVIS `images` and `annotations` records."""
+    size = np.array([width, height], dtype=float)
     img_dir = out_dir / split
     img_dir.mkdir(parents=True, exist_ok=True)
     all_ids = list(range(1, len(specs) + 1))
@@ -312,13 +321,13 @@ def render_split(split: str, members: list[list[int]], specs: list[ClassSpec], i
             if len(objs) < MAX_OBJECTS and rng.random() < DUPLICATE_PROB:
                 objs.append(c)
         objs = [objs[i] for i in rng.permutation(len(objs))]
-        img = background(image_size, rng)
+        img = background(width, height, rng)
         boxes: list[np.ndarray] = []
         for c in objs:
             spec = specs[c]
-            cont = place_object(spec.shape, image_size, boxes, rng)
+            cont = place_object(spec.shape, size, boxes, rng)
             draw_object(img, cont, COLOURS[spec.colour], spec.texture, float(rng.integers(8)))
-            poly = np.clip(np.round(annotation_polygon(cont), 2), 0.0, float(image_size))
+            poly = np.clip(np.round(annotation_polygon(cont), 2), 0.0, size)
             lo, hi = poly.min(0), poly.max(0)
             boxes.append(np.concatenate([lo, hi]))
             anns.append({
@@ -328,7 +337,7 @@ def render_split(split: str, members: list[list[int]], specs: list[ClassSpec], i
                 "segmentation": [[_round(v) for v in poly.reshape(-1)]],
             })
             ann_id += 1
-        noise = rng.normal(0.0, 6.0, size=(image_size, image_size, 1))  # grey noise: smaller PNGs
+        noise = rng.normal(0.0, 6.0, size=(height, width, 1))  # grey noise: smaller PNGs
         img += noise.astype(np.float32)
         pixels = np.clip(np.rint(img), 0, 255).astype(np.uint8)
         if not cv2.imwrite(str(img_dir / file_name), pixels[..., ::-1]):  # RGB -> BGR for OpenCV
@@ -338,7 +347,7 @@ def render_split(split: str, members: list[list[int]], specs: list[ClassSpec], i
         n_neg = min(len(absent), int(rng.integers(2, 7)))
         neg = sorted(int(i) for i in rng.choice(absent, size=n_neg, replace=False)) if n_neg else []
         images.append({
-            "id": image_id, "width": image_size, "height": image_size, "file_name": file_name,
+            "id": image_id, "width": width, "height": height, "file_name": file_name,
             "coco_url": f"{COCO_PREFIX}{split}/{file_name}", "flickr_url": "",
             "license": LICENSE["id"], "date_captured": DATE,
             "neg_category_ids": neg,
@@ -386,13 +395,16 @@ def _split_counts(anns: list[dict], num_classes: int) -> tuple[list[int], list[i
 
 
 def make_dataset(out_dir: str | os.PathLike, num_classes: int = 24, train_images: int = 400,
-                 val_images: int = 120, image_size: int = 128, seed: int = 0) -> dict[str, Any]:
+                 val_images: int = 120, image_size: int = 128, seed: int = 0, image_height: int | None = None,
+                 repeat_looks: bool = False) -> dict[str, Any]:
     """Write OUT_DIR/{train,val}/*.png and OUT_DIR/{train,val}.json; return a summary.
 
-    JSON files are written last and atomically, so their presence means the images are complete.
+    Images are `image_size` wide and `image_height` (default: `image_size`) high. JSON files are written
+    last and atomically, so their presence means the images are complete.
     """
     out = Path(out_dir)
-    _check_args(out, num_classes, train_images, val_images, image_size, seed)
+    height = image_size if image_height is None else image_height
+    _check_args(out, num_classes, train_images, val_images, image_size, height, seed, repeat_looks)
     out.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
     specs = class_specs(num_classes)
@@ -406,7 +418,7 @@ def make_dataset(out_dir: str | os.PathLike, num_classes: int = 24, train_images
     image_id, ann_id = 1, 1
     for split, counts, n in (("train", t_counts, train_images), ("val", v_counts, val_images)):
         members = assign_classes(counts, n, rng)
-        images, anns = render_split(split, members, specs, image_size, image_id, ann_id, out, rng)
+        images, anns = render_split(split, members, specs, image_size, height, image_id, ann_id, out, rng)
         splits[split] = (images, anns)
         image_id += n
         ann_id += len(anns)
@@ -423,7 +435,7 @@ def make_dataset(out_dir: str | os.PathLike, num_classes: int = 24, train_images
         "out_dir": str(out),
         "train_json": str(paths["train"]), "val_json": str(paths["val"]),
         "train_images_dir": str(out / "train"), "val_images_dir": str(out / "val"),
-        "num_classes": num_classes, "image_size": image_size, "seed": seed,
+        "num_classes": num_classes, "image_size": image_size, "image_height": height, "seed": seed,
         "splits": {s: {"images": len(im), "annotations": len(an)} for s, (im, an) in splits.items()},
         "groups": {g: [c["name"] for c in cats if c["frequency"] == g] for g in ("r", "c", "f")},
         "classes": [

@@ -31,7 +31,8 @@ def ensure_dataset(cfg: DictConfig, say: Say = _quiet) -> None:
         say(f"dataset {ds.name}: {missing[0]} is missing, generating it (ecmctl synth {ds.root})")
         s = ds.synth
         make_dataset(ds.root, num_classes=s.classes, train_images=s.train_images, val_images=s.val_images,
-                     image_size=s.image_size, seed=s.seed)
+                     image_size=s.image_size, image_height=s.image_height, seed=s.seed,
+                     repeat_looks=s.repeat_looks)
         return
     raise UserError(f"dataset {ds.name}: {missing[0]} does not exist; set data_root=DIR "
                     f"or dataset.root=DIR to where the dataset lives")
