@@ -74,6 +74,17 @@ def _logs(run: RunDir) -> list[str]:
     return [p.read_text() for p in sorted(run.path.glob("*/*.log"))]
 
 
+def _preempt_after_checkpoint(run: RunDir, job_id: str, checkpoint: str) -> None:
+    """Once the job has written `checkpoint`: SIGTERM then SIGUSR2 to its tasks, SLURM's preemption as
+    submitit handles it (SIGUSR2 alone is the time limit's warning)."""
+    deadline = time.time() + 300
+    while time.time() < deadline and not (run.path / checkpoint).is_file():
+        time.sleep(0.2)
+    assert (run.path / checkpoint).is_file(), f"no checkpoint after 300s: {run.meta}"
+    for sig in ("TERM", "USR2"):
+        subprocess.run(["scancel", f"--signal={sig}", job_id], check=True, timeout=30)
+
+
 def test_train_submits_and_the_job_trains_under_slurm(overrides, tmp_path):
     job_id, run, took = _submit(overrides, tmp_path, name="slurm")
     assert took < 120, f"the command waited for the job ({took:.0f}s)"
@@ -94,12 +105,7 @@ def test_preempted_job_requeues_and_resumes_from_its_checkpoint(overrides, tmp_p
     max_iters = 20
     job_id, run, _ = _submit(overrides, tmp_path, f"train.max_iters={max_iters}", "train.checkpoint_interval=2",
                              "launcher.timeout_min=60", name="preempted")
-    deadline = time.time() + 300
-    while time.time() < deadline and not (run.path / "iter_2.pth").is_file():
-        time.sleep(0.2)
-    assert (run.path / "iter_2.pth").is_file(), f"no checkpoint after 300s: {run.meta}"
-    for sig in ("TERM", "USR2"):
-        subprocess.run(["scancel", f"--signal={sig}", job_id], check=True, timeout=30)
+    _preempt_after_checkpoint(run, job_id, "iter_2.pth")
     meta = _wait(run, job_id, timeout=420)  # a requeued job waits AuthInfo=cred_expire (30 s) to start again
     assert meta["status"] == "finished" and finished_iters(run.path) == max_iters
     assert meta["slurm_job"] == job_id and meta["slurm_restarts"] == 1, "the same job ran a second time"
@@ -121,12 +127,7 @@ def test_preempted_epoch_based_job_resumes_inside_its_epoch(overrides, tmp_path)
     epoch = ["schedule=1x", "schedule.max_epochs=2", "schedule.milestones=[1]", "schedule.warmup_iters=2",
              "schedule.checkpoint_interval=2", "train.max_iters=null", "launcher.timeout_min=60"]
     job_id, run, _ = _submit(overrides, tmp_path, *epoch, name="preempted_epochs")
-    deadline = time.time() + 300
-    while time.time() < deadline and not (run.path / "iter_2.pth").is_file():
-        time.sleep(0.2)
-    assert (run.path / "iter_2.pth").is_file(), f"no checkpoint after 300s: {run.meta}"
-    for sig in ("TERM", "USR2"):
-        subprocess.run(["scancel", f"--signal={sig}", job_id], check=True, timeout=30)
+    _preempt_after_checkpoint(run, job_id, "iter_2.pth")
     meta = _wait(run, job_id, timeout=420)
     assert meta["status"] == "finished" and meta["slurm_restarts"] == 1
     _, second = _logs(run)  # the first start logged no line yet (mmengine logs every 50 iterations)
