@@ -8,26 +8,34 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
+from ecmctl.core.environment import require_device
 from ecmctl.core.errors import UserError
-from ecmctl.core.io import atomic_write_json, atomic_write_text, load_schema, sha256_file
+from ecmctl.core.io import atomic_write_json, atomic_write_text, load_schema, make_dirs, sha256_file
 from ecmctl.core.runs import HYDRA_CONFIG, MM_CONFIG, RunDir, now
 from ecmctl.core.schemas import METRIC_KEYS, METRICS_SCHEMA
 from ecmctl.engine.builder import set_test_protocol
+from ecmctl.engine.checkpoints import check_checkpoint
+from ecmctl.engine.runner import load_run_config
 from ecmctl.launch import Task, launch
 
 METRICS_JSON = "metrics.json"
+METRICS_PREV_JSON = "metrics.prev.json"  # the metrics.json an evaluation replaced
 
 
 def eval_config(run_dir: Path, overrides: list[str]):
-    """The run's Hydra config with eval.*, launcher.* and device= overrides applied."""
+    """The run's Hydra config with eval.*, launcher.* and device= overrides applied, typed and checked like
+    any config (an unknown key or a bad value is an error, never ignored)."""
+    from ecmctl.core.config_schema import validate
+
     cfg = OmegaConf.load(Path(run_dir) / HYDRA_CONFIG)
     bad = [o for o in overrides if not o.startswith(("eval.", "launcher.", "device="))]
     if bad:
         raise UserError(f"eval takes only eval.*, launcher.* and device= overrides, got {' '.join(bad)}")
     try:
-        return OmegaConf.merge(cfg, OmegaConf.from_dotlist(list(overrides)))
+        merged = OmegaConf.merge(cfg, OmegaConf.from_dotlist(list(overrides)))
     except Exception as e:
         raise UserError(f"bad eval override: {e}") from None
+    return validate(merged)
 
 
 def parse_metrics(raw: dict) -> dict:
@@ -61,6 +69,8 @@ def eval_mm_config(run: RunDir, checkpoint: Path, cfg):
     set_test_protocol(mm.model, float(cfg.eval.score_thr), int(cfg.eval.max_per_img))
     mm.launcher = "pytorch" if cfg.launcher.name == "torchrun" else "none"  # slurm runs evaluate here
     mm.visualizer.vis_backends = [dict(type="LocalVisBackend")]
+    if not any(h.get("type") == "ecmctl.ProgressHook" for h in mm.get("custom_hooks") or []):
+        mm.custom_hooks = [*(mm.get("custom_hooks") or []), dict(type="ecmctl.ProgressHook")]  # quiet by default
     return mm
 
 
@@ -75,9 +85,11 @@ def evaluate(run_dir: str | Path, checkpoint: str | Path | None = None, override
         raise UserError(f"{run.path}: no checkpoint yet; train it first or pass --checkpoint PATH")
     if not ckpt.is_file():
         raise UserError(f"{ckpt}: no such checkpoint")
-    eval_dir = run.path / "eval"
-    eval_dir.mkdir(exist_ok=True)
-    atomic_write_text(eval_dir / EVAL_MM_CONFIG, eval_mm_config(run, ckpt, cfg).pretty_text)
+    require_device(cfg.get("device", "auto"))
+    mm = eval_mm_config(run, ckpt, cfg)
+    check_checkpoint(load_run_config(run.path, MM_CONFIG), ckpt)  # strict: shapes and names, before any write
+    eval_dir = make_dirs(run.path / "eval", "evaluation directory")
+    atomic_write_text(eval_dir / EVAL_MM_CONFIG, mm.pretty_text)
     raw_file = eval_dir / EVAL_RAW
     raw_file.unlink(missing_ok=True)
     task = Task("ecmctl.engine.runner:test_run", str(run.path),
@@ -90,14 +102,17 @@ def evaluate(run_dir: str | Path, checkpoint: str | Path | None = None, override
 def write_metrics(run_dir: Path, ckpt: Path, cfg, raw: dict) -> dict:
     parsed = parse_metrics(raw)
     if "bbox" not in parsed:
-        raise RuntimeError(f"the evaluation returned no box metrics ({sorted(raw)}); "
-                           "the model produced no detections")
+        raise UserError(f"{ckpt}: the evaluation returned no box metrics ({', '.join(sorted(raw)) or 'none'}): the "
+                        f"model produced no detections; {run_dir / METRICS_JSON} is unchanged")
     doc = {"schema": METRICS_SCHEMA, "run": str(run_dir), "checkpoint": str(ckpt),
            "checkpoint_sha256": sha256_file(ckpt), "evaluated": now(),
            "protocol": {"score_thr": float(cfg.eval.score_thr), "max_per_img": int(cfg.eval.max_per_img),
                         "ann_file": str(cfg.dataset.val_ann)},
            "recipe": RunDir(run_dir).meta.get("recipe"),  # with the paper's numbers, for a side-by-side
            **parsed}
+    previous = run_dir / METRICS_JSON
+    if previous.is_file():  # replaced only now, after a successful evaluation; the last one is kept
+        atomic_write_text(run_dir / METRICS_PREV_JSON, previous.read_text())
     atomic_write_json(run_dir / METRICS_JSON, doc)
     return doc
 
