@@ -99,14 +99,15 @@ def ensure_counts(cfg: DictConfig, say: Say = _quiet) -> tuple[Path, dict]:
         doc, _ = load_counts(path)
         src = doc.get("source") or {}
         if src.get("sha256") != ann_sha:
-            if not cfg.get("allow_foreign_weights"):
-                raise UserError(f"counts_file={path} was counted from {src.get('path')} (sha256 "
-                                f"{_short(src.get('sha256'))}), not from this dataset's train annotations {ann} "
-                                f"(sha256 {_short(ann_sha)}); recount with `ecmctl count {ann} -o NEW.json`, or "
-                                "pass allow_foreign_weights=true to use them deliberately")
             if _cat_keys(doc) != _cat_keys(_fresh_cats(ann)):
                 raise UserError(f"{path}: its categories (ids or order) differ from {ann}; "
                                 f"recount with `ecmctl count {ann} -o NEW.json`")
+            if not cfg.get("allow_foreign_weights"):
+                raise UserError(f"counts_file={path} was counted from {src.get('path')} (sha256 "
+                                f"{_short(src.get('sha256'))}), not from this dataset's train annotations {ann} "
+                                f"(sha256 {_short(ann_sha)}), though their classes are the same; recount with "
+                                f"`ecmctl count {ann} -o NEW.json`, or pass allow_foreign_weights=true to use them "
+                                "deliberately")
             say(f"allow_foreign_weights: using counts of {src.get('path')} for {ann} (recorded in run.json)")
         return path, doc
     if path.is_file():

@@ -16,7 +16,7 @@ from ecmctl.core.errors import UserError
 from ecmctl.core.io import atomic_write_text, check_output, check_writable
 from ecmctl.core.runs import HYDRA_CONFIG, MM_CONFIG, RunDir, git_commit, new_run_dir, now
 from ecmctl.engine.builder import base_config, build_mm_config, pretrained_checkpoint
-from ecmctl.engine.checkpoints import ensure_checkpoint
+from ecmctl.engine.checkpoints import ensure_checkpoint, read_state_dict
 from ecmctl.launch import launch, train_task
 from ecmctl.losses.placement import detector_kind
 from ecmctl.pipeline.calibrate import run_calibration
@@ -218,6 +218,12 @@ def resume(run_dir: str | Path, say: Say = print) -> RunDir:
         raise UserError(f"{run.path}: no {MM_CONFIG}; the run never got ready, start a new one")
     cfg = OmegaConf.load(run.path / HYDRA_CONFIG)
     require_device(cfg.get("device", "auto"))
+    last = run.last_checkpoint()
+    if last is not None:  # a checkpoint cut off by a crash while it was written: one line, not a traceback
+        try:
+            read_state_dict(last)
+        except UserError as e:
+            raise UserError(f"{e}; remove {last} to resume from the checkpoint before it") from None
     run.lock()
     say(f"resuming {run.path} from {run.last_checkpoint() or 'the start (no checkpoint yet)'}")
     return launch_run(run, cfg, resume=True, say=say)
