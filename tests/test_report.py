@@ -153,7 +153,7 @@ def test_markdown(rendered):
     assert [t for t, _ in links] == [TITLES[n] for n in result["figures"]]
     for _, link in links:
         assert not Path(link).is_absolute() and (out / link).is_file()
-    assert "– (baseline)" in md and "weights (bg_ratio 3.1416)" in md
+    assert "– (baseline)" in md and "weights (r = 3.142, 95% CI [3.010, 3.290])" in md
     assert "## Notes" not in md  # everything was available
     assert report_summary(result) == f"wrote {out / 'report.md'} (2 runs; " + ", ".join(
         f"{n}.png" for n in result["figures"]) + ")"

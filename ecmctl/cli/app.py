@@ -3,15 +3,47 @@
 from __future__ import annotations
 
 import functools
+import sys
 from pathlib import Path
 
 import typer
 from rich.console import Console
 from rich.markup import escape
+from typer.core import TyperGroup
 
-from ecmctl.core.errors import UserError
+from ecmctl.core.errors import UserError, as_user_error
+from ecmctl.core.quiet import install_warning_filters
+
+install_warning_filters()  # before any command imports the stack
+
+
+class OneLineErrors(TyperGroup):
+    """Click's own usage errors (a missing argument, `--classes abc`, an unknown option) as one line and
+    exit 2, like every other user mistake, instead of a usage panel."""
+
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode: bool = True, **extra):
+        from typer._click.exceptions import ClickException, NoArgsIsHelpError
+        from typer.exceptions import Abort
+
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        try:
+            rv = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except NoArgsIsHelpError:  # `ecmctl` alone: the help was printed
+            sys.exit(2)
+        except ClickException as e:
+            ctx = getattr(e, "ctx", None)
+            hint = f" (see `{ctx.command_path} --help`)" if ctx is not None else ""
+            print_error(UserError(e.format_message() + hint))
+            sys.exit(e.exit_code)
+        except Abort:
+            err_console.print("[bold red]interrupted[/]", highlight=False)
+            sys.exit(130)
+        sys.exit(rv if isinstance(rv, int) else 0)
+
 
 app = typer.Typer(
+    cls=OneLineErrors,
     name="ecmctl",
     help="Long-tailed detection with the ECM loss: count -> calibrate -> train -> eval.",
     no_args_is_help=True,
@@ -23,16 +55,32 @@ console = Console()
 err_console = Console(stderr=True)
 
 
+def print_error(e: UserError) -> None:
+    err_console.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False, soft_wrap=True)
+
+
 def user_errors(fn):
-    """Print a UserError as one line and exit 2: user mistakes never show a traceback."""
+    """The CLI's one error path: a user mistake (UserError, see `as_user_error`) is one line and exit 2,
+    Ctrl-C is one line and exit 130, and a bug is a traceback and exit 1."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
+        verbose = kwargs.get("verbose")
+        if verbose is not None:
+            from ecmctl.core.quiet import set_verbose
+
+            set_verbose(bool(verbose))
         try:
             return fn(*args, **kwargs)
-        except UserError as e:
-            err_console.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False, soft_wrap=True)
-            raise typer.Exit(2) from None
+        except KeyboardInterrupt:
+            err_console.print("[bold red]interrupted[/]", highlight=False)
+            raise typer.Exit(130) from None
+        except Exception as e:
+            err = as_user_error(e)
+            if err is None:
+                raise
+            print_error(err)
+            raise typer.Exit(err.exit_code) from None
 
     return wrapper
 
@@ -70,7 +118,9 @@ def synth(
     """
     from ecmctl.cli.render import synth_table
     from ecmctl.dataset.synth import make_dataset
+    from ecmctl.pipeline.prepare import check_synth_out
 
+    check_synth_out(out_dir)  # never replaces a real dataset's annotations
     summary = make_dataset(out_dir, num_classes=classes, train_images=train_images, val_images=val_images,
                            image_size=image_size, image_height=image_height, seed=seed, repeat_looks=repeat_looks)
     console.print(synth_table(summary))
@@ -92,7 +142,7 @@ def count(
     doc = write_counts(annotations, out)
     for table in counts_tables(doc):
         console.print(table)
-    console.print(f"wrote {out}")
+    _line(f"wrote {out}")
 
 
 @app.command()
@@ -113,7 +163,7 @@ def weights(
 
     doc = write_weights(counts, out, bg_ratio=bg_ratio, min_count=min_count)
     console.print(weights_table(doc))
-    console.print(f"wrote {out}")
+    _line(f"wrote {out}")
 
 
 OVERRIDES = typer.Argument(None, help="Hydra overrides: group=option or key=value, e.g. detector=atss_tiny.",
@@ -129,8 +179,17 @@ def _compose(overrides: list[str] | None, show_cfg: bool):
     return cfg
 
 
+def _line(text: str) -> None:
+    """A plain line (paths and values: no markup, no wrapping)."""
+    console.print(escape(text), highlight=False, soft_wrap=True)
+
+
 def _say(msg: str) -> None:
-    console.print(f"[cyan]>[/] {escape(msg)}", highlight=False)
+    console.print(f"[cyan]>[/] {escape(msg)}", highlight=False, soft_wrap=True)
+
+
+VERBOSE = typer.Option(False, "-v", "--verbose", help="Show everything: mmengine's full log and the stack's "
+                       "warnings (by default they go to the run's log file only).")
 
 
 @app.command(context_settings={"allow_extra_args": False})
@@ -139,25 +198,25 @@ def calibrate(
     overrides: list[str] | None = OVERRIDES,
     out: Path | None = typer.Option(None, "-o", "--out", help="Output directory (default runs/calibrate/...)."),
     show_cfg: bool = typer.Option(False, "--cfg", help="Print the resolved config first."),
+    verbose: bool = VERBOSE,
 ) -> None:
     """Measure the background ratio r in a short real training run, then write the weights file.
 
     Example: ecmctl calibrate detector=mask_rcnn_tiny calibrate.max_iters=100
     """
-    from ecmctl.core.runs import new_run_dir
     from ecmctl.pipeline.calibrate import run_calibration
 
     cfg = _compose(overrides, show_cfg)
-    out_dir = out or new_run_dir(Path(cfg.run_root) / "calibrate", f"{cfg.detector.name}-{cfg.dataset.name}")
-    res = run_calibration(cfg, out_dir, _say)
+    res = run_calibration(cfg, out, _say)
     for st in res.per_stage:
         if st["ci95"] is None:
-            console.print(f"stage {st['stage']}: r = {st['r']:.4f} (fixed by calibrate.bg_ratio)")
+            _line(f"stage {st['stage']}: r = {st['r']:.4f} (fixed by calibrate.bg_ratio)")
             continue
         lo, hi = st["ci95"]
-        console.print(f"stage {st['stage']}: r = {st['r']:.4f}  95% CI [{lo:.4f}, {hi:.4f}]  "
+        _line(f"stage {st['stage']}: r = {st['r']:.4f}  95% CI [{lo:.4f}, {hi:.4f}]  "
                       f"({st['iters']} iterations, {st['fg']} fg / {st['bg']} bg RoIs)")
-    console.print(f"weights: {', '.join(res.weights_files)}\ncalibration: {Path(out_dir) / 'calibration.json'}")
+    _line(f"weights: {', '.join(res.weights_files)}")
+    _line(f"calibration: {Path(res.out_dir) / 'calibration.json'}")
 
 
 @app.command()
@@ -170,6 +229,7 @@ def train(
     mmdet_config: Path | None = typer.Option(
         None, "--mmdet-config", help="Write the fully resolved mmdet config to this file and exit (no data read, "
         "no calibration, no training)."),
+    verbose: bool = VERBOSE,
 ) -> None:
     """Train any mmdet detector with the chosen loss (runs count/calibrate first when needed).
 
@@ -183,25 +243,38 @@ def train(
         if multirun or resume is not None:
             raise UserError("--mmdet-config writes one config: it takes neither --multirun nor --resume")
         out = training.write_mmdet_config(_compose(overrides, show_cfg), mmdet_config, _say)
-        console.print(f"wrote {out}")
+        _line(f"wrote {out}")
         return
     if resume is not None:
         if overrides:
             raise UserError("--resume takes no overrides: the run keeps the config it was started with")
         run = training.resume(resume, _say)
-        console.print(f"finished: {run.path}")
+        _line(f"{run.meta['status']}: {run.path}")
         return
     if multirun:
         from ecmctl.cli.render import sweep_table
-        from ecmctl.pipeline.sweep import run_sweep
+        from ecmctl.pipeline.sweep import failed_jobs, run_sweep
 
-        console.print(sweep_table(run_sweep(overrides or [], _say)))
+        summary = run_sweep(overrides or [], _say)
+        console.print(sweep_table(summary))
+        failed = failed_jobs(summary)
+        if failed:
+            bugs = [j for j in failed if "traceback" in j]
+            for j in bugs:  # a bug in a job: its traceback, and exit 1
+                err_console.print(j["traceback"], markup=False, highlight=False)
+            first = failed[0]
+            msg = (f"{len(failed)} of {len(summary['jobs'])} sweep jobs failed (first: {' '.join(first['overrides'])}: "
+                   f"{first['reason']}); see {summary['sweep_json']}")
+            if bugs:
+                print_error(UserError(msg))
+                raise typer.Exit(1)
+            raise UserError(msg)
         return
     if show_cfg:
         _compose(overrides, True)
         return
     run = training.train(_compose(overrides, False), overrides or [], _say)
-    console.print(f"{run.meta['status']}: {run.path}")
+    _line(f"{run.meta['status']}: {run.path}")
 
 
 @app.command()
@@ -229,7 +302,7 @@ def prefetch(overrides: list[str] | None = OVERRIDES) -> None:
     from ecmctl.pipeline.train import prefetch_checkpoints
 
     for name, path in prefetch_checkpoints(_compose(overrides, False), _say):
-        console.print(f"{name}: {path}")
+        _line(f"{name}: {path}")
 
 
 @app.command("eval")
@@ -247,6 +320,7 @@ def eval_cmd(
     iou: str = typer.Option("bbox", "--iou", help="bbox or segm (with --results)."),
     protocol: str = typer.Option("standard", "--protocol", help="standard, fixed or pooled (with --results)."),
     out: Path | None = typer.Option(None, "-o", "--out", help="metrics file to write (with --results)."),
+    verbose: bool = VERBOSE,
 ) -> None:
     """LVIS evaluation (AP, APr/APc/APf, box and mask; Fixed/Pooled AP) -> metrics.json and a table.
 
@@ -266,7 +340,7 @@ def eval_cmd(
         doc = evaluate_results_file(gt, results, iou, protocol, out)
         console.print(metrics_table([doc], names=[results.name]))
         if out is not None:
-            console.print(f"wrote {out}")
+            _line(f"wrote {out}")
         return
     if not run_dirs:
         raise UserError("give run directories, or --gt ANNOTATIONS --results RESULTS")
@@ -279,7 +353,7 @@ def eval_cmd(
             for r in run_dirs]
     console.print(metrics_table(docs))
     for r in run_dirs:
-        console.print(f"wrote {Path(r) / 'metrics.json'}" if not reuse else f"read {Path(r) / 'metrics.json'}")
+        _line(f"wrote {Path(r) / 'metrics.json'}" if not reuse else f"read {Path(r) / 'metrics.json'}")
 
 
 @app.command()
@@ -287,6 +361,7 @@ def eval_cmd(
 def demo(
     overrides: list[str] | None = OVERRIDES,
     out: Path | None = typer.Option(None, "--out", help="Where the demo's runs go (default runs/demo)."),
+    verbose: bool = VERBOSE,
 ) -> None:
     """The main job on the embedded dataset: synth, count, calibrate, train ECM and BCE, eval, report.
 
@@ -297,7 +372,7 @@ def demo(
 
     summary = run_demo([*(overrides or []), *([f"demo.out={out}"] if out else [])], _say)
     console.print(demo_table(summary))
-    console.print(f"report: {summary['report']}")
+    _line(f"report: {summary['report']}")
 
 
 @app.command()

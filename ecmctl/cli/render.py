@@ -185,10 +185,12 @@ def metrics_table(docs: list[dict], names: list[str] | None = None):
 def sweep_table(summary: dict):
 
     table = Table(title=f"sweep: {' '.join(summary['overrides'])}")
-    for col in ("#", "overrides", "status", "run directory"):
+    reasons = any(job.get("reason") for job in summary["jobs"])
+    for col in ("#", "overrides", "status", "run directory", *(["reason"] if reasons else [])):
         table.add_column(col)
     for i, job in enumerate(summary["jobs"]):
-        table.add_row(str(i), " ".join(job["overrides"]), job["status"], job["run_dir"] or "-")
+        table.add_row(str(i), escape(" ".join(job["overrides"])), job["status"], escape(job["run_dir"] or "-"),
+                      *([escape(job.get("reason") or "")] if reasons else []))
     return table
 
 

@@ -21,11 +21,13 @@ from ecmctl.core.errors import UserError
 
 
 def rule(default: Any = MISSING, *, ge: float | None = None, gt: float | None = None, le: float | None = None,
-         lt: float | None = None, choices: tuple | None = None, factory: Any = None, each: bool = False):
+         lt: float | None = None, choices: tuple | None = None, factory: Any = None, each: bool = False,
+         min_len: int | None = None):
     """A dataclass field with a range or a set of choices, checked by `validate` (`each`: every item of
-    a list). Why metadata: one walker checks every group and names the key in one place."""
-    meta = {k: v for k, v in dict(ge=ge, gt=gt, le=le, lt=lt, choices=choices, each=each).items()
-            if v not in (None, False)}
+    a list; `min_len`: the list's length). Why metadata: one walker checks every group and names the key in
+    one place."""
+    meta = {k: v for k, v in dict(ge=ge, gt=gt, le=le, lt=lt, choices=choices, each=each, min_len=min_len).items()
+            if v is not None and v is not False}  # identity: a bound of 0 (== False) is a bound
     if factory is not None:
         return field(default_factory=factory, metadata=meta)
     return field(default=default, metadata=meta)
@@ -168,7 +170,7 @@ class TrainConf:
     num_workers: int = rule(0, ge=0)
     amp: bool = False
     log_level: str = rule("INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
-    progress: bool = False
+    progress: bool = True
 
 
 @dataclass
@@ -177,7 +179,7 @@ class CalibrateConf:
     min_iters: int = rule(20, ge=1)
     rel_tol: float = rule(0.02, gt=0.0)
     bootstrap: int = rule(1000, ge=10)
-    bg_ratio: float | None = rule(None, gt=0.0)  # a fixed r for every RoI stage instead of measuring it
+    bg_ratio: float | None = rule(None, gt=0.0, le=1e6)  # a fixed r for every RoI stage instead of measuring it
 
 
 @dataclass
@@ -196,7 +198,7 @@ class EvalConf:
 
 @dataclass
 class DemoConf:
-    seeds: list[int] = rule(factory=lambda: [0], ge=0, each=True)
+    seeds: list[int] = rule(factory=lambda: [0], ge=0, each=True, min_len=1)
     out: str = "runs/demo"
 
 
@@ -285,6 +287,9 @@ def _check_ranges(node: Any, path: str = "") -> None:
         meta = f.metadata
         if not meta or value is None:
             continue
+        if "min_len" in meta and len(value) < meta["min_len"]:
+            raise UserError(f"config key {key!r} = {_fmt(value)}: must list at least {meta['min_len']} "
+                            f"value{'s' if meta['min_len'] > 1 else ''}")
         items = list(value) if meta.get("each") else [value]
         for item in items:
             _check_value(key, value, item, meta)

@@ -1,7 +1,33 @@
-"""User-facing errors: the CLI prints them as one line and exits 2, without a traceback."""
+"""User-facing errors: the CLI prints them as one line and exits 2, without a traceback.
+
+One mechanism: stages raise `UserError` for anything the user can fix; `as_user_error` also recognises the
+environment's failures that surface as other exceptions (an unwritable or full filesystem wherever it was
+hit, a missing third-party module), so that the CLI (`ecmctl.cli.app.user_errors`) and sweeps classify a
+failure the same way: a user error is one line, anything else is a bug with its traceback.
+"""
+
+from __future__ import annotations
+
+import errno
 
 
 class UserError(Exception):
     """Bad input a user can fix (file, field, option). The message names what and how."""
 
     exit_code = 2
+
+
+# errno values that mean "this path cannot be written here", whoever raised them: the user's to fix
+PATH_ERRNOS = frozenset({errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT})
+
+
+def as_user_error(e: BaseException) -> UserError | None:
+    """The UserError for a failure that is the user's (see the module docstring), None for a bug."""
+    if isinstance(e, UserError):
+        return e
+    if isinstance(e, OSError) and e.errno in PATH_ERRNOS and e.filename:
+        return UserError(f"{e.filename}: {e.strerror}; choose a writable location")
+    if isinstance(e, ModuleNotFoundError) and e.name and not e.name.startswith("ecmctl"):
+        return UserError(f"missing dependency: no module named {e.name!r}; install ecmctl's dependencies "
+                         "(`make install`)")
+    return None

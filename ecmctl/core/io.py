@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -27,6 +28,85 @@ def check_output_dir(path: str | os.PathLike) -> Path:
     parent = path.parent if str(path.parent) else Path(".")
     if not parent.is_dir():
         raise UserError(f"{path}: output directory {parent} does not exist; create it or choose another -o path")
+    return path
+
+
+def same_file(a: str | os.PathLike, b: str | os.PathLike) -> bool:
+    """Whether two paths name the same file (links and relative spellings included)."""
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return Path(a).resolve() == Path(b).resolve()
+
+
+def file_schema(path: str | os.PathLike) -> str | None:
+    """The `schema` tag of an ecmctl JSON file, read from its first bytes only (the tag is written first),
+    so that checking a 1 GB annotation file costs nothing; None for any other file."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4096)
+    except OSError:
+        return None
+    m = re.match(rb'\s*\{\s*"schema"\s*:\s*"([^"\\]{1,100})"', head)
+    return m.group(1).decode() if m else None
+
+
+def check_writable(directory: str | os.PathLike, what: str = "output") -> Path:
+    """Fail before any work when files cannot be created in `directory` (or, when it does not exist yet, in
+    its nearest existing parent): a read-only or foreign directory is one line, not a traceback later."""
+    d = Path(directory) if str(directory) else Path(".")
+    probe = d
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if not probe.is_dir():
+        raise UserError(f"{d}: {probe} is not a directory; choose another {what} path")
+    try:
+        with tempfile.TemporaryFile(dir=probe, prefix=".ecmctl-probe-"):
+            pass
+    except OSError as e:
+        raise UserError(f"{d}: cannot write into {probe} ({e.strerror}); choose another {what} path") from None
+    return d
+
+
+def make_dirs(directory: str | os.PathLike, what: str = "output directory") -> Path:
+    """mkdir -p, with a permission or read-only filesystem error as one line."""
+    d = Path(directory)
+    if d.exists() and not d.is_dir():
+        raise UserError(f"{d}: exists and is not a directory; choose another {what}")
+    try:
+        d.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"{d}: cannot create the {what} ({e.strerror}); choose another path") from None
+    return d
+
+
+def _starts_with(path: Path, marker: bytes) -> bool:
+    try:
+        with open(path, "rb") as f:
+            return f.read(len(marker)) == marker
+    except OSError:
+        return False
+
+
+def check_output(path: str | os.PathLike, schema: str | None = None, inputs: tuple = (), option: str = "-o",
+                 marker: bytes | None = None, kind: str | None = None) -> Path:
+    """Refuse, before any work, an output path that would destroy something the user did not ask to replace:
+    one of the command's inputs, a directory, or an existing file that is not an earlier output of the same
+    kind (`schema`: its ecmctl tag, or `marker`: how such a file starts; neither: no existing file is
+    replaced). Also checks that the directory is writable."""
+    path = check_output_dir(path)
+    if path.is_dir():
+        raise UserError(f"{path}: is a directory; pass a file path to {option}")
+    for src in inputs:
+        if src is not None and Path(src).exists() and same_file(path, src):
+            raise UserError(f"{path}: is also this command's input; writing it would replace the input. "
+                            f"Choose another {option} path")
+    if path.exists() and not ((schema and file_schema(path) == schema) or (marker and _starts_with(path, marker))):
+        got = file_schema(path)
+        what = f"an ecmctl file of another kind ({got})" if got else "not a file this command wrote"
+        want = f" (only an earlier {kind or schema} file is replaced)" if (kind or schema) else ""
+        raise UserError(f"{path}: exists and is {what}{want}; choose another {option} path or remove it first")
+    check_writable(path.parent if str(path.parent) else ".")
     return path
 
 

@@ -31,10 +31,15 @@ def new_run_dir(run_root: str | os.PathLike, name: str) -> Path:
     base = Path(run_root) / name
     stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     path, k = base / stamp, 1
-    while path.exists():
-        path, k = base / f"{stamp}-{k}", k + 1
-    path.mkdir(parents=True)
-    return path
+    while True:
+        try:
+            path.mkdir(parents=True)
+            return path
+        except FileExistsError:
+            path, k = base / f"{stamp}-{k}", k + 1
+        except OSError as e:
+            raise UserError(f"{path}: cannot create the run directory ({e.strerror}); choose another "
+                            "run_root") from None
 
 
 def git_commit() -> str | None:
@@ -75,7 +80,7 @@ class RunDir:
         return meta
 
     def lock(self) -> None:
-        fd = os.open(self.path / ".lock", os.O_CREAT | os.O_RDWR)
+        fd = os.open(self.path / ".lock", os.O_CREAT | os.O_RDWR, 0o666)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -90,15 +95,27 @@ class RunDir:
             os.close(self._lock_fd)
             self._lock_fd = None
 
+    @staticmethod
+    def check_new(path: str | os.PathLike) -> Path:
+        """Refuse, before any work, a run_dir that already holds something (a finished or running run is
+        never overwritten or mixed with another's checkpoints) or that cannot be created."""
+        from ecmctl.core.io import check_writable
+
+        path = Path(path)
+        if path.exists() and (not path.is_dir() or any(path.iterdir())):
+            if (path / RUN_JSON).is_file():
+                raise UserError(f"run_dir={path}: already a run directory; continue it with `ecmctl train "
+                                f"--resume {path}` or choose a new run_dir")
+            what = "is not a directory" if not path.is_dir() else "is not empty"
+            raise UserError(f"run_dir={path}: {what}; choose a new run_dir")
+        check_writable(path, "run_dir")
+        return path
+
     @classmethod
     def create(cls, path: str | os.PathLike) -> RunDir:
         """A new run in `path`, which must not hold anything yet: a finished or running run is never
         overwritten or mixed with another's checkpoints."""
-        path = Path(path)
-        if path.exists() and (not path.is_dir() or any(path.iterdir())):
-            what = "a run directory" if (path / RUN_JSON).is_file() else "not empty"
-            raise UserError(f"{path}: {what}; continue it with `ecmctl train --resume {path}` or choose a new "
-                            "run_dir")
+        path = cls.check_new(path)
         try:
             path.mkdir(parents=True, exist_ok=True)
         except OSError as e:

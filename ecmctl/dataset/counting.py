@@ -17,7 +17,7 @@ import numpy as np
 from rich.markup import escape
 
 from ecmctl.core.errors import UserError
-from ecmctl.core.io import atomic_write_json, check_output_dir, load_schema, sha256_file
+from ecmctl.core.io import atomic_write_json, check_output, load_schema, sha256_file
 from ecmctl.core.schemas import COUNTS_SCHEMA
 from ecmctl.dataset.jsonscan import Scanner, read_chunks
 from ecmctl.dataset.lvis import BUILTIN_COUNTS, FREQUENCY_RULE, builtin_counts, frequency_group
@@ -182,8 +182,9 @@ def count_annotations(path: str | os.PathLike, progress: bool = True, *,
 
 
 def write_counts(path: str | os.PathLike, out: str | os.PathLike, progress: bool = True) -> dict:
-    """`ecmctl count`: annotation file -> counts file, written atomically (nothing written on error)."""
-    check_output_dir(out)
+    """`ecmctl count`: annotation file -> counts file, written atomically (nothing written on error). The output
+    never replaces the annotation file or anything but an earlier counts file."""
+    check_output(out, COUNTS_SCHEMA, inputs=(path,))
     doc = count_annotations(path, progress=progress)
     if doc["frequency_disagreements"]:
         from rich.console import Console

@@ -81,3 +81,64 @@ def ensure_checkpoint(name: str, say=print, timeout: float = DOWNLOAD_TIMEOUT_S)
         tmp.unlink(missing_ok=True)
         raise _offline(name, url, path, getattr(e, "reason", None) or str(e) or type(e).__name__) from None
     return path
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
+
+
+def read_state_dict(path: str | os.PathLike) -> dict:
+    """The model tensors of a checkpoint file (mmengine's `state_dict`, or a bare state dict), with the
+    `module.` prefix of DDP-wrapped models removed as mmengine does. A missing, truncated or foreign file is
+    one UserError line."""
+    import torch
+
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: no such checkpoint")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as e:  # truncated zip, a JSON or text file, an empty file, ...
+        raise UserError(f"{path}: not a readable PyTorch checkpoint ({_first_line(e)}); pass an iter_*.pth "
+                        "or epoch_*.pth that training wrote") from None
+    state = obj.get("state_dict", obj) if isinstance(obj, dict) else None
+    if not isinstance(state, dict) or not state or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise UserError(f"{path}: a PyTorch file without model weights (no 'state_dict' of tensors); pass a "
+                        "checkpoint that training wrote")
+    return {k[len("module."):] if k.startswith("module.") else k: v for k, v in state.items()}
+
+
+def build_model_cpu(mm):
+    """The detector of mmdet config `mm`, built on the CPU without loading any weights (for shape checks)."""
+    from mmdet.registry import MODELS
+    from mmdet.utils import register_all_modules
+
+    from ecmctl import losses  # noqa: F401  (ECMLoss and friends in mmdet's registry)
+    from ecmctl.engine import compat
+
+    register_all_modules()
+    compat.apply()
+    return MODELS.build(mm.model)
+
+
+def check_checkpoint(mm, path: str | os.PathLike) -> None:
+    """Refuse, before evaluation starts, a checkpoint that does not fit the run's model: every tensor of the
+    model must be in the checkpoint with the same shape, and nothing else (strict), so that another model's
+    checkpoint (another class count, another head) is one line naming the tensor and both shapes instead of
+    size-mismatch warnings and an AP of 0."""
+    path = Path(path)
+    state = read_state_dict(path)
+    model = build_model_cpu(mm).state_dict()
+    for key, tensor in model.items():
+        got = state.get(key)
+        if got is not None and tuple(got.shape) != tuple(tensor.shape):
+            raise UserError(f"{path}: does not fit this run's model: {key} has shape {tuple(got.shape)} in the "
+                            f"checkpoint but {tuple(tensor.shape)} in the model (another class count or "
+                            "detector?); pass a checkpoint of this run")
+    missing = [k for k in model if k not in state]
+    extra = [k for k in state if k not in model]
+    if missing or extra:
+        what = (f"lacks {len(missing)} of the model's tensors (e.g. {missing[0]})" if missing else
+                f"has {len(extra)} tensors this run's model does not (e.g. {extra[0]})")
+        raise UserError(f"{path}: does not fit this run's model: it {what}; pass a checkpoint of this run")

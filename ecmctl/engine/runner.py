@@ -6,16 +6,39 @@ directory, so a torchrun or SLURM rank needs nothing but the path.
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 from ecmctl.core.runs import MM_CONFIG
 
 
+def quiet_console(logger) -> None:
+    """mmengine's logger writes `log_level` to the console and to the log file alike; unless verbose, raise its
+    console handler to WARNING and drop the stack's known deprecation notices there. The file keeps
+    everything (the iteration lines, the environment and config dump)."""
+    import logging
+
+    from ecmctl.core.quiet import is_known_noise, verbose
+
+    if verbose():
+        return
+    for handler in logger.handlers:
+        if type(handler) is logging.StreamHandler:  # the console (FileHandler is a subclass: left alone)
+            handler.setLevel(max(handler.level, logging.WARNING))
+            if not any(getattr(f, "ecmctl_quiet", False) for f in handler.filters):
+                def keep(record) -> bool:
+                    return not is_known_noise(record.getMessage())
+
+                keep.ecmctl_quiet = True
+                handler.addFilter(keep)
+
+
 def make_runner(mm):
-    """An mmengine Runner with its own logger and visualizer.
+    """An mmengine Runner with its own logger and visualizer, quiet on the console (see `quiet_console`).
 
     mmengine keys both singletons by experiment name (a timestamp to the second by default), so a
     second Runner in the same process (calibrate, then train, then eval) would log into the first's files.
+    The console is made quiet as the logger is built, before the Runner logs its environment and config.
     """
     import uuid
 
@@ -24,11 +47,57 @@ def make_runner(mm):
     from ecmctl import losses  # noqa: F401  (registries, for in-memory configs too)
     from ecmctl.engine import compat, hooks, loops, lvis_stream_metric  # noqa: F401
 
+    class QuietRunner(Runner):
+        def build_logger(self, *args, **kwargs):
+            logger = super().build_logger(*args, **kwargs)
+            quiet_console(logger)
+            return logger
+
     compat.apply()
     mm.experiment_name = f"ecmctl-{uuid.uuid4().hex[:12]}"
     if mm.launcher != "none":
         _distributed_on_this_host(mm)
-    return Runner.from_cfg(mm)
+    return QuietRunner.from_cfg(mm)
+
+
+class _LogWriter:
+    """A stdout stand-in that sends printed lines to the logger (the log file; the console only with
+    --verbose): lvis-api prints its summary table with print()."""
+
+    def __init__(self, logger) -> None:
+        self.logger, self.buf = logger, ""
+
+    def write(self, text: str) -> int:
+        self.buf += text
+        *lines, self.buf = self.buf.split("\n")
+        for line in lines:
+            if line.strip():
+                self.logger.info(line)
+        return len(text)
+
+    def flush(self) -> None:
+        if self.buf.strip():
+            self.logger.info(self.buf)
+        self.buf = ""
+
+
+@contextlib.contextmanager
+def _running(runner):
+    """Around runner.train()/test(): prints go to the log unless verbose, and progress bars are stopped
+    however the loop ends (an exception, Ctrl-C)."""
+    from ecmctl.core.quiet import verbose
+
+    writer = None if verbose() else _LogWriter(runner.logger)
+    try:
+        with contextlib.redirect_stdout(writer) if writer else contextlib.nullcontext():
+            yield
+    finally:
+        if writer:
+            writer.flush()
+        for hook in runner.hooks:
+            stop = getattr(hook, "_stop", None)
+            if callable(stop):
+                stop()
 
 
 def _distributed_on_this_host(mm) -> None:
@@ -79,6 +148,16 @@ def load_run_config(run_dir: str | Path, name: str):
     return mm
 
 
+def resume_from(run_dir: str | Path) -> str | None:
+    """The checkpoint a resumed run continues from: this run's own newest one (None: from the start), never
+    what mmengine's `last_checkpoint` marker names, an absolute path that in a copied or moved run
+    directory is the original run's file."""
+    from ecmctl.core.runs import RunDir
+
+    last = RunDir(run_dir).last_checkpoint()
+    return str(last.resolve()) if last is not None else None
+
+
 def train_run(run_dir: str | Path, resume: bool = False, config: str = MM_CONFIG, launcher: str | None = None,
               hooks=()) -> None:
     """Train in this process from the mmdet config `config` in `run_dir` (one rank under torchrun/SLURM),
@@ -87,12 +166,16 @@ def train_run(run_dir: str | Path, resume: bool = False, config: str = MM_CONFIG
     mm = load_run_config(run_dir, config)
     mm.work_dir = str(run_dir.resolve())
     mm.resume = bool(resume)
+    if resume:
+        mm.load_from = resume_from(run_dir)
+        mm.resume = mm.load_from is not None
     if launcher is not None:
         mm.launcher = launcher
     runner = make_runner(mm)
     for hook in hooks:
         runner.register_hook(hook)
-    runner.train()
+    with _running(runner):
+        runner.train()
 
 
 def test_run(run_dir: str | Path, config: str, out: str, launcher: str | None = None, hooks=()) -> None:
@@ -108,6 +191,7 @@ def test_run(run_dir: str | Path, config: str, out: str, launcher: str | None = 
     runner = make_runner(mm)
     for hook in hooks:
         runner.register_hook(hook)
-    metrics = runner.test()
+    with _running(runner):
+        metrics = runner.test()
     if runner.rank == 0:
         atomic_write_text(run_dir / out, json.dumps(metrics))

@@ -26,6 +26,9 @@ class SlurmJob:
         self.task = task
 
     def __call__(self) -> str:
+        from ecmctl.core.quiet import install_warning_filters
+
+        install_warning_filters()
         run = RunDir(self.task.run_dir)
         rank0 = int(os.environ.get("SLURM_PROCID", "0")) == 0
         if rank0:
@@ -41,10 +44,22 @@ class SlurmJob:
         try:
             task.function()(task.run_dir, **task.kwargs, launcher="slurm" if ntasks > 1 else "none",
                             hooks=[hook] if hook else [])
+        except SystemExit:  # submitit's requeue on preemption or timeout: the requeued job goes on
+            raise
+        except KeyboardInterrupt:  # SIGINT/SIGTERM without requeue (scancel): resumable
+            if rank0:
+                run.update(status="interrupted", stopped=now())
+            raise
+        except BaseException as e:  # the job failed: say so in run.json, submitit records the traceback
+            if rank0:
+                text = str(e).strip()
+                run.update(status="failed", stopped=now(), slurm_job=slurm_job_id(),
+                           reason=text.splitlines()[0] if text else type(e).__name__)
+            raise
         finally:
             signal.alarm(0)
         if rank0:
-            run.update(status="finished", finished=now(), checkpoint=str(run.last_checkpoint()))
+            run.update(status="finished", finished=now(), checkpoint=run.relative(run.last_checkpoint()))
         return task.run_dir
 
     def checkpoint(self):  # submitit calls this on preemption/timeout (SIGUSR2), then requeues the job

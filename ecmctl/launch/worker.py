@@ -9,6 +9,9 @@ def main(argv: list[str] | None = None) -> None:
     args = sys.argv[1:] if argv is None else argv
     if len(args) != 1:
         sys.exit("usage: python -m ecmctl.launch.worker TASK_JSON")
+    from ecmctl.core.quiet import install_warning_filters
+
+    install_warning_filters()
     Task.from_json(args[0]).run()
 
 

@@ -16,9 +16,11 @@ from pathlib import Path
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
+from ecmctl.core.environment import require_device
 from ecmctl.core.errors import UserError
-from ecmctl.core.io import atomic_write_json, atomic_write_text
-from ecmctl.core.schemas import CALIBRATION_SCHEMA
+from ecmctl.core.io import atomic_write_json, atomic_write_text, check_output, check_writable, make_dirs
+from ecmctl.core.runs import new_run_dir, now
+from ecmctl.core.schemas import CALIBRATION_SCHEMA, WEIGHTS_SCHEMA
 from ecmctl.ecm.background import summarize
 from ecmctl.ecm.weights import write_weights
 from ecmctl.engine.builder import base_config, build_mm_config
@@ -48,27 +50,69 @@ class CalibrationResult:
     calibration_loss: str | None = None
     bg_ratio_source: str = "measured"  # or "fixed": calibrate.bg_ratio given, nothing measured
     config: dict = field(default_factory=dict)
+    out_dir: str = ""
 
     def to_json(self) -> dict:
         return {"schema": CALIBRATION_SCHEMA, **asdict(self)}
 
 
-def run_calibration(cfg: DictConfig, out_dir: str | Path, say: Say = print,
+STATUS_JSON = "calibration_status.json"  # running, then finished / failed (with the reason) / interrupted
+
+
+def check_out_dir(out: Path) -> None:
+    """Before any work: the output directory is a directory (or can be made), writable, and holds no file
+    calibrate would replace other than an earlier calibration's."""
+    if out.exists() and not out.is_dir():
+        raise UserError(f"{out}: exists and is not a directory; choose another -o directory")
+    if out.is_dir():
+        check_output(out / CALIBRATION_JSON, CALIBRATION_SCHEMA)
+        for name in ("weights.json", *(f"weights_stage{i}.json" for i in range(3))):
+            check_output(out / name, WEIGHTS_SCHEMA)
+    check_writable(out, "-o")
+
+
+def run_calibration(cfg: DictConfig, out_dir: str | Path | None, say: Say = print,
                     counts: tuple[Path, dict] | None = None) -> CalibrationResult:
     """Measure r per RoI stage (or write foreground-only weights for a one-stage detector).
 
     The calibration run trains with the sigmoid baseline when the chosen loss is ECM (its weights are what
     is being measured); the fg:bg mix is set by the RoI sampler and the proposals. launcher=slurm
     calibrates in this process (a short run, before the job is submitted). `counts` is `ensure_counts`'
-    (path, document) when the caller already has it (no second hash).
+    (path, document) when the caller already has it (no second hash). `out_dir` None: a new
+    <run_root>/calibrate/<detector>-<dataset>/<timestamp>/, made once every input checked out. The
+    directory's calibration_status.json says how the calibration ended.
     """
-    c = cfg.calibrate
+    require_device(cfg.device)
     kind = detector_kind(base_config(cfg).model)
+    if out_dir is not None:
+        check_out_dir(Path(out_dir))
+    else:
+        check_writable(cfg.run_root, "run_root")
     counts_file, counts_doc = counts or ensure_counts(cfg, say)
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    if out_dir is None:
+        out = new_run_dir(Path(cfg.run_root) / "calibrate", f"{cfg.detector.name}-{cfg.dataset.name}")
+    else:
+        out = make_dirs(out_dir, "calibration output directory")
+    status = out / STATUS_JSON
+    atomic_write_json(status, {"status": "running", "started": now()})
+    try:
+        result = _calibrate(cfg, out, kind, counts_file, counts_doc, say)
+    except KeyboardInterrupt:
+        atomic_write_json(status, {"status": "interrupted", "stopped": now()})
+        raise
+    except BaseException as e:
+        atomic_write_json(status, {"status": "failed", "stopped": now(),
+                                   "reason": (str(e).strip().splitlines() or [type(e).__name__])[0]})
+        raise
+    atomic_write_json(status, {"status": "finished", "finished": now()})
+    return result
+
+
+def _calibrate(cfg: DictConfig, out: Path, kind: str, counts_file: Path, counts_doc: dict,
+               say: Say) -> CalibrationResult:
+    c = cfg.calibrate
     result = CalibrationResult(detector=cfg.detector.name, dataset=cfg.dataset.name, counts_file=str(counts_file),
-                               kind=kind, config=OmegaConf.to_container(cfg, resolve=True))
+                               kind=kind, config=OmegaConf.to_container(cfg, resolve=True), out_dir=str(out))
     if kind == "one_stage":
         say(f"{cfg.detector.name} is a one-stage detector: no background class to calibrate "
             "(foreground-only weights, supplementary section 6)")
@@ -119,7 +163,6 @@ def _measure(cfg: DictConfig, out: Path, classes: list[str], loss: DictConfig, s
     trace_file.unlink(missing_ok=True)
     mm.custom_hooks = [dict(type="ecmctl.CalibrationHook", min_iters=int(c.min_iters), rel_tol=float(c.rel_tol),
                             bootstrap=int(c.bootstrap), out_file=str(trace_file.resolve()))]
-    mm.log_level = "WARNING"  # the calibration bar shows progress
     atomic_write_text(out / CALIBRATION_MM_CONFIG, mm.pretty_text)
     launcher = cfg.launcher if cfg.launcher.name == "torchrun" else OmegaConf.create({"name": "local"})
     launch(Task("ecmctl.engine.runner:train_run", str(out), {"config": CALIBRATION_MM_CONFIG}), launcher, say,

@@ -12,16 +12,20 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from ecmctl.core.config_schema import validate
+from ecmctl.core.environment import require_device
 from ecmctl.core.errors import UserError
-from ecmctl.core.io import atomic_write_json, atomic_write_text, check_output_dir, load_schema, sha256_file
+from ecmctl.core.io import atomic_write_json, atomic_write_text, check_output, load_schema, make_dirs, sha256_file
 from ecmctl.core.runs import HYDRA_CONFIG, MM_CONFIG, RunDir, now
 from ecmctl.core.schemas import METRICS_SCHEMA
 from ecmctl.engine.builder import apply_eval_protocol
+from ecmctl.engine.checkpoints import check_checkpoint
+from ecmctl.engine.runner import load_run_config
 from ecmctl.evaluation import evaluate_detections, evaluate_files
 from ecmctl.evaluation.detections import shard_paths
 from ecmctl.launch import Task, launch
 
 METRICS_JSON = "metrics.json"
+METRICS_PREV_JSON = "metrics.prev.json"  # the metrics.json an evaluation replaced
 EVAL_DIR = "eval"
 EVAL_MM_CONFIG = "eval_mmdet_config.py"
 EVAL_RAW = "raw_metrics.json"
@@ -32,7 +36,8 @@ SECTIONS = ("bbox_fixed", "bbox_pooled", "segm_fixed", "segm_pooled", "bbox", "s
 
 
 def eval_config(run_dir: Path, overrides: list[str]) -> DictConfig:
-    """The run's config with eval.*, launcher.* and device= overrides applied, typed and checked."""
+    """The run's config with eval.*, launcher.* and device= overrides applied, typed and checked like any
+    config (an unknown key or a bad value is an error, never ignored)."""
     cfg = OmegaConf.load(Path(run_dir) / HYDRA_CONFIG)
     bad = [o for o in overrides if not o.startswith(("eval.", "launcher.", "device="))]
     if bad:
@@ -72,6 +77,8 @@ def eval_mm_config(run: RunDir, checkpoint: Path, cfg: DictConfig, shard_dir: Pa
                         str(shard_dir.resolve()) if shard_dir else None)
     mm.launcher = "pytorch" if cfg.launcher.name == "torchrun" else "none"  # slurm runs evaluate here
     mm.visualizer.vis_backends = [dict(type="LocalVisBackend")]
+    if not any(h.get("type") == "ecmctl.ProgressHook" for h in mm.get("custom_hooks") or []):
+        mm.custom_hooks = [*(mm.get("custom_hooks") or []), dict(type="ecmctl.ProgressHook")]  # quiet by default
     return mm
 
 
@@ -94,8 +101,9 @@ def evaluate(run_dir: str | Path, checkpoint: str | Path | None = None, override
     if reuse_detections:
         return _rescore(run, cfg, say)
     ckpt = _checkpoint(run, checkpoint, cfg)
-    eval_dir = run.path / EVAL_DIR
-    eval_dir.mkdir(exist_ok=True)
+    require_device(cfg.get("device", "auto"))
+    check_checkpoint(load_run_config(run.path, MM_CONFIG), ckpt)  # strict: shapes and names, before any write
+    eval_dir = make_dirs(run.path / EVAL_DIR, "evaluation directory")
     partial = eval_dir / f"{DETECTIONS}.partial" if cfg.eval.keep_detections else None
     if partial is not None:
         shutil.rmtree(partial, ignore_errors=True)
@@ -161,7 +169,8 @@ def metrics_document(run: RunDir, ckpt: Path, cfg: DictConfig, parsed: dict,
                      checkpoint_sha256: str | None = None) -> dict:
     """metrics.json (schema ecmctl/metrics@1) of a run's evaluation."""
     if "bbox" not in parsed:
-        raise RuntimeError(f"the evaluation returned no box metrics ({sorted(parsed)})")
+        raise UserError(f"{ckpt}: the evaluation returned no box metrics ({', '.join(sorted(parsed)) or 'none'}): "
+                        f"the model produced no detections; {run.path / METRICS_JSON} is unchanged")
     ev = cfg.eval
     return {"schema": METRICS_SCHEMA, "run": str(run.path), "checkpoint": run.relative(ckpt),
             "checkpoint_sha256": checkpoint_sha256 or sha256_file(ckpt), "evaluated": now(),
@@ -172,7 +181,11 @@ def metrics_document(run: RunDir, ckpt: Path, cfg: DictConfig, parsed: dict,
 
 
 def write_metrics(run_dir: Path, doc: dict) -> dict:
-    atomic_write_json(Path(run_dir) / METRICS_JSON, doc)
+    """metrics.json, replaced only now, after a successful evaluation; the previous one is kept."""
+    previous = Path(run_dir) / METRICS_JSON
+    if previous.is_file():
+        atomic_write_text(Path(run_dir) / METRICS_PREV_JSON, previous.read_text())
+    atomic_write_json(previous, doc)
     return doc
 
 
@@ -181,10 +194,7 @@ def evaluate_results_file(gt: str | Path, results: str | Path, iou_type: str = "
     """`ecmctl eval --gt ANNOTATIONS.json --results RESULTS.json`: an LVIS-format results file (lvis-api,
     detectron2 and mmdet write them), scored without a run directory or a model, as metrics@1."""
     if out is not None:
-        out = check_output_dir(out)
-        for given in (gt, results):
-            if Path(out).resolve() == Path(given).resolve():
-                raise UserError(f"{out}: the output would overwrite an input; choose another -o path")
+        out = check_output(out, schema=METRICS_SCHEMA, inputs=(gt, results))
     summary = evaluate_files(gt, results, iou_type, protocol, topk=topk)
     doc = {"schema": METRICS_SCHEMA, "gt": str(gt), "results": str(results), "evaluated": now(),
            "protocol": {"protocol": protocol, "iou_type": iou_type, "max_per_img": 300, "topk": topk},

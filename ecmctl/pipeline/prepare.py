@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from pathlib import Path
 
 from omegaconf import DictConfig
 
 from ecmctl.core.errors import UserError
-from ecmctl.core.io import sha256_file
+from ecmctl.core.io import check_writable, make_dirs, sha256_file
 from ecmctl.dataset.counting import load_counts
 from ecmctl.ecm.weights import load_weights
 
@@ -17,6 +18,27 @@ Say = Callable[[str], None]
 
 def _quiet(msg: str) -> None:
     pass
+
+
+SYNTH_MARKER = b"ecmctl synth"  # in the `info` block that opens every annotation file `ecmctl synth` writes
+
+
+def check_synth_out(out_dir: str | Path) -> None:
+    """`synth` (re)writes OUT_DIR/{train,val}.json and its image folders: refuse, before any image is drawn, a
+    directory whose annotation files are not an earlier synthetic set (a real dataset is never replaced),
+    and one that cannot be written."""
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"{out}: exists and is not a directory; remove it or choose another OUT_DIR")
+    for split in ("train", "val"):
+        f = out / f"{split}.json"
+        if f.exists():
+            with open(f, "rb") as fh:
+                head = fh.read(4096)
+            if SYNTH_MARKER not in head:
+                raise UserError(f"{f}: exists and is not a synthetic set written by `ecmctl synth`; it would be "
+                                "replaced. Choose another OUT_DIR")
+    check_writable(out, "OUT_DIR")
 
 
 def ensure_dataset(cfg: DictConfig, say: Say = _quiet) -> None:
@@ -28,6 +50,7 @@ def ensure_dataset(cfg: DictConfig, say: Say = _quiet) -> None:
     if ds.get("synth"):
         from ecmctl.dataset.synth import make_dataset
 
+        check_synth_out(ds.root)
         say(f"dataset {ds.name}: {missing[0]} is missing, generating it (ecmctl synth {ds.root})")
         s = ds.synth
         make_dataset(ds.root, num_classes=s.classes, train_images=s.train_images, val_images=s.val_images,
@@ -42,25 +65,82 @@ def counts_path(cfg: DictConfig) -> Path:
     return Path(cfg.counts_file) if cfg.counts_file else Path(cfg.run_root) / "counts" / f"{cfg.dataset.name}.json"
 
 
+_SHA_CACHE: dict[tuple, str] = {}
+
+
+def annotations_sha256(path: str | Path) -> str:
+    """sha256 of an annotation file, hashed once per process while the file is unchanged (LVIS train is
+    1 GB: counts, weights and calibration all check their provenance against it)."""
+    path = Path(path)
+    st = path.stat()
+    key = (str(path.resolve()), st.st_size, st.st_mtime_ns)
+    if key not in _SHA_CACHE:
+        _SHA_CACHE[key] = sha256_file(path)
+    return _SHA_CACHE[key]
+
+
+def _short(sha: str | None) -> str:
+    return sha[:12] if isinstance(sha, str) else "unknown"
+
+
 def ensure_counts(cfg: DictConfig, say: Say = _quiet) -> tuple[Path, dict]:
-    """The counts of the dataset's train annotations: reused when they match, else counted now."""
-    from ecmctl.dataset.counting import count_annotations, write_counts
+    """The counts of the dataset's train annotations. A given `counts_file` must exist and have been counted
+    from this dataset's train annotations (else UserError, naming both files; `allow_foreign_weights=true`
+    accepts counts of another annotation file with the same classes, deliberately). Without one, the
+    cached counts under <run_root>/counts/ are reused when they match, else counted now."""
+    from ecmctl.dataset.counting import write_counts
 
     ensure_dataset(cfg, say)
     path, ann = counts_path(cfg), Path(cfg.dataset.train_ann)
+    ann_sha = annotations_sha256(ann)
+    if cfg.counts_file:  # the user's file: used as given, never (re)written
+        if not path.is_file():
+            raise UserError(f"counts_file={path}: no such file; make it with `ecmctl count {ann} -o {path}`, or "
+                            f"leave counts_file unset to count {ann} now")
+        doc, _ = load_counts(path)
+        src = doc.get("source") or {}
+        if src.get("sha256") != ann_sha:
+            if _cat_keys(doc) != _cat_keys(_fresh_cats(ann)):
+                raise UserError(f"{path}: its categories (ids or order) differ from {ann}; "
+                                f"recount with `ecmctl count {ann} -o NEW.json`")
+            if not cfg.get("allow_foreign_weights"):
+                raise UserError(f"counts_file={path} was counted from {src.get('path')} (sha256 "
+                                f"{_short(src.get('sha256'))}), not from this dataset's train annotations {ann} "
+                                f"(sha256 {_short(ann_sha)}), though their classes are the same; recount with "
+                                f"`ecmctl count {ann} -o NEW.json`, or pass allow_foreign_weights=true to use them "
+                                "deliberately")
+            say(f"allow_foreign_weights: using counts of {src.get('path')} for {ann} (recorded in run.json)")
+        return path, doc
     if path.is_file():
         doc, _ = load_counts(path)
-        if doc["source"].get("sha256") == sha256_file(ann):
+        if (doc.get("source") or {}).get("sha256") == ann_sha:
             return path, doc
-        if cfg.counts_file:  # the user's file: it must describe this dataset's classes
-            fresh = count_annotations(ann, progress=False)
-            if _cat_keys(fresh) != _cat_keys(doc):
-                raise UserError(f"{path}: its categories (ids or order) differ from {ann}; "
-                                f"recount with `ecmctl count {ann} -o {path}`")
-            return path, doc
-    path.parent.mkdir(parents=True, exist_ok=True)
+    make_dirs(path.parent, "counts directory")
     say(f"counting {ann} -> {path} (ecmctl count)")
     return path, write_counts(ann, path, progress=False)
+
+
+def _fresh_cats(ann: Path) -> dict:
+    from ecmctl.dataset.counting import count_annotations
+
+    return count_annotations(ann, progress=False)
+
+
+def foreign_inputs(cfg: DictConfig, counts_file: Path, counts: dict, weights_files: list[str] | None) -> list[dict]:
+    """The inputs made from another annotation file than the dataset's (allowed by allow_foreign_weights),
+    for run.json: which input, and which file it came from."""
+    ann_sha = annotations_sha256(cfg.dataset.train_ann)
+    out = []
+    src = counts.get("source") or {}
+    if src.get("sha256") != ann_sha:
+        out.append({"input": "counts", "file": str(counts_file), "annotations": src.get("path"),
+                    "annotations_sha256": src.get("sha256")})
+    for f in weights_files or []:
+        doc = load_weights(f).doc or {}
+        if doc.get("annotations_sha256") not in (None, ann_sha):
+            out.append({"input": "weights", "file": str(f), "annotations": doc.get("annotations"),
+                        "annotations_sha256": doc.get("annotations_sha256")})
+    return out
 
 
 def _cat_keys(doc: dict) -> list:
@@ -88,14 +168,48 @@ def class_names_without_data(cfg: DictConfig) -> list[str]:
                     "pass counts_file=PATH (from `ecmctl count`)")
 
 
-def check_weights(path: str | Path, counts: dict, with_background: bool) -> None:
-    """A weights file must list the dataset's classes, in order, and match the head's layout."""
+def check_weights(path: str | Path, counts: dict, with_background: bool, counts_file: str | Path | None = None,
+                  ann_sha256: str | None = None, allow_foreign: bool = False) -> None:
+    """A weights file must be internally consistent (`load_weights`), list the dataset's classes (ids and
+    names, in order) with the run's counts as n_pos, match the head's layout, and come from this dataset's
+    annotations: recorded in the file (annotations_sha256), or, for a file that does not record them, made
+    from the run's own counts file (counts_sha256). `allow_foreign` accepts weights of another annotation
+    file with the same classes."""
     w = load_weights(path)
-    ids = [c["id"] for c in counts["categories"]]
-    fg_ids = w.ids[: w.num_foreground]
-    if fg_ids != ids:
-        raise UserError(f"{path}: its classes (ids or order) differ from the dataset's {len(ids)} classes; "
+    doc = w.doc or {}
+    keys = [(c["id"], c["name"]) for c in counts["categories"]]
+    fg = list(zip(w.ids[: w.num_foreground], w.names[: w.num_foreground]))
+    if [k[0] for k in fg] != [k[0] for k in keys]:
+        raise UserError(f"{path}: its classes (ids or order) differ from the dataset's {len(keys)} classes; "
                         "regenerate it with `ecmctl weights` from this dataset's counts")
+    if fg != keys:
+        i = next(i for i, (a, b) in enumerate(zip(fg, keys)) if a != b)
+        raise UserError(f"{path}: class id {keys[i][0]} is named {fg[i][1]!r}, but the dataset calls it "
+                        f"{keys[i][1]!r}; regenerate it with `ecmctl weights` from this dataset's counts")
     if w.has_background != with_background:
         need = "with a background class (--bg-ratio)" if with_background else "without background"
         raise UserError(f"{path}: this detector needs a weights file {need}")
+    src = counts.get("source") or {}
+    ann = src.get("path")
+    made_from = doc.get("annotations_sha256")
+    counts_sha = sha256_file(counts_file) if counts_file and Path(counts_file).is_file() else None
+    if made_from is None and counts_sha is not None and doc.get("counts_sha256") != counts_sha:
+        raise UserError(f"{path}: made from counts with sha256 {_short(doc.get('counts_sha256'))}, not from this "
+                        f"run's counts {counts_file} (sha256 {_short(counts_sha)}), and it does not record its "
+                        f"annotation file; regenerate it with `ecmctl weights {counts_file}`")
+    if made_from is not None and ann_sha256 is not None and made_from != ann_sha256 and not allow_foreign:
+        raise UserError(f"{path}: made from the annotations {doc.get('annotations')} (sha256 {_short(made_from)}), "
+                        f"not from this dataset's train annotations (sha256 {_short(ann_sha256)}); regenerate it "
+                        "with `ecmctl weights` from this dataset's counts, or pass allow_foreign_weights=true to "
+                        "use it deliberately")
+    same_counts = made_from == src.get("sha256") if made_from is not None else doc.get("counts_sha256") == counts_sha
+    if same_counts and w.n_pos is not None:
+        floor = doc.get("min_count") or 0
+        want = [max(c["instance_count"], floor) for c in counts["categories"]]
+        got = w.n_pos[: w.num_foreground].tolist()
+        bad = [i for i, (a, b) in enumerate(zip(got, want)) if not math.isclose(a, b, rel_tol=1e-9)
+               and not (floor == 0 and b == 0 and a >= 1)]
+        if bad:
+            i = bad[0]
+            raise UserError(f"{path}: class {keys[i][1]!r} has n_pos {got[i]:g}, but the counts of {ann} say "
+                            f"{want[i]:g}; regenerate it with `ecmctl weights` from this dataset's counts")

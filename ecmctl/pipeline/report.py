@@ -21,7 +21,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ecmctl.core.errors import UserError
-from ecmctl.core.io import atomic_write, atomic_write_text, load_schema
+from ecmctl.core.io import (
+    atomic_write,
+    atomic_write_text,
+    check_output,
+    check_writable,
+    load_schema,
+    make_dirs,
+    same_file,
+)
 from ecmctl.core.runs import RUN_JSON, RunDir
 from ecmctl.core.schemas import (
     BACKGROUND,
@@ -407,7 +415,23 @@ def metrics_markdown(runs: list[ReportRun]) -> list[str]:
 
 
 def _fmt_r(r) -> str:
-    return f"{r:.3f}" if isinstance(r, (int, float)) and math.isfinite(r) else "n/a"
+    """r to 4 significant digits (3.635, 12.50), 'n/a' when unknown."""
+    if not isinstance(r, (int, float)) or isinstance(r, bool) or not math.isfinite(r):
+        return "n/a"
+    digits = max(0, 3 - math.floor(math.log10(abs(r)))) if r else 3
+    return f"{r:.{digits}f}"
+
+
+def _weights_cell(r: ReportRun) -> str:
+    """The runs table's ECM weights column: which file, and r rounded with its 95% CI when measured."""
+    if not r.weights:
+        return "– (baseline)"
+    bg = r.weights.get("bg_ratio")
+    if bg is None:
+        return f"{r.weights_key} (foreground only)"
+    ci = (r.calibration or {}).get("ci95") if (r.calibration or {}).get("r") == bg else None
+    ci_txt = f", 95% CI [{_fmt_r(ci[0])}, {_fmt_r(ci[1])}]" if isinstance(ci, list) and len(ci) == 2 else ""
+    return f"{r.weights_key} (r = {_fmt_r(bg)}{ci_txt})"
 
 
 def calibration_markdown(runs: list[ReportRun]) -> list[str]:
@@ -448,11 +472,11 @@ FIGURE_HEADINGS = {
 def report_markdown(runs: list[ReportRun], figures: dict[str, Path], titles: dict[str, str],
                     notes: list[str]) -> str:
     stamp = dt.datetime.now().astimezone().isoformat(timespec="seconds")
-    out = ["# ecmctl report", "", f"{len(runs)} run(s), generated {stamp}.", "",
+    out = [REPORT_HEADER, "", f"{len(runs)} run(s), generated {stamp}.", "",
            "## Runs", "", "| run | directory | status | ECM weights | training log |",
            "|---|---|---|---|---|"]
     for r in runs:
-        w = f"{r.weights_key} (bg_ratio {r.weights.get('bg_ratio')})" if r.weights else "– (baseline)"
+        w = _weights_cell(r)
         log = f"{len(r.log)} lines, last iter {r.log[-1]['step']}" if r.log else "–"
         status = _md(r.meta.get("status", "?"))
         out.append(f"| {_md(r.label)} | `{_md(r.path)}` | {status} | {_md(w)} | {log} |")
@@ -472,14 +496,24 @@ def report_markdown(runs: list[ReportRun], figures: dict[str, Path], titles: dic
 # ----------------------------------------------------------------------------------------------- entry
 
 
-def _prepare_out_dir(out_dir: Path) -> Path:
+REPORT_HEADER = "# ecmctl report"
+
+
+def _check_out_dir(out_dir: Path, run_dirs: list[Path]) -> None:
+    """Before reading any run: the output directory is not one of the runs, holds no report.md but an
+    earlier report, and can be written."""
     if out_dir.exists() and not out_dir.is_dir():
         raise UserError(f"{out_dir}: exists and is not a directory; choose another output directory")
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise UserError(f"{out_dir}: cannot create the output directory ({e.strerror})") from None
-    return out_dir
+    for run in run_dirs:
+        if out_dir.exists() and Path(run).exists() and same_file(out_dir, run):
+            raise UserError(f"{out_dir}: is one of the runs being reported; choose another -o directory")
+    if out_dir.is_dir():
+        check_output(out_dir / REPORT_MD, marker=REPORT_HEADER.encode(), kind="report.md")
+    check_writable(out_dir, "-o")
+
+
+def _prepare_out_dir(out_dir: Path) -> Path:
+    return make_dirs(out_dir, "report directory")
 
 
 def write_report(run_dirs: list[Path], out_dir: Path) -> dict:
@@ -491,8 +525,7 @@ def write_report(run_dirs: list[Path], out_dir: Path) -> dict:
     if not run_dirs:
         raise UserError("report needs at least one run directory")
     out_dir = Path(out_dir)
-    if out_dir.exists() and not out_dir.is_dir():  # fail before reading every run
-        raise UserError(f"{out_dir}: exists and is not a directory; choose another output directory")
+    _check_out_dir(out_dir, list(run_dirs))  # fail before reading every run
     runs = [load_run(p, i) for i, p in enumerate(run_dirs)]
     _unique_labels(runs)
     _prepare_out_dir(out_dir)

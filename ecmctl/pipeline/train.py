@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import signal
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -12,14 +13,22 @@ from omegaconf import DictConfig, OmegaConf
 from ecmctl.core.config import to_yaml
 from ecmctl.core.environment import device_name, require_device, versions
 from ecmctl.core.errors import UserError
-from ecmctl.core.io import atomic_write_text, check_output_dir
+from ecmctl.core.io import atomic_write_text, check_output, check_writable
 from ecmctl.core.runs import HYDRA_CONFIG, MM_CONFIG, RunDir, git_commit, new_run_dir, now
 from ecmctl.engine.builder import base_config, build_mm_config, pretrained_checkpoint
-from ecmctl.engine.checkpoints import ensure_checkpoint
+from ecmctl.engine.checkpoints import ensure_checkpoint, read_state_dict
 from ecmctl.launch import launch, train_task
 from ecmctl.losses.placement import detector_kind
 from ecmctl.pipeline.calibrate import run_calibration
-from ecmctl.pipeline.prepare import Say, check_weights, class_names, class_names_without_data, ensure_counts
+from ecmctl.pipeline.prepare import (
+    Say,
+    annotations_sha256,
+    check_weights,
+    class_names,
+    class_names_without_data,
+    ensure_counts,
+    foreign_inputs,
+)
 from ecmctl.pipeline.recipes import BatchPlan, plan_batch
 
 
@@ -49,16 +58,21 @@ def plan_run(cfg: DictConfig) -> RunPlan:
     return RunPlan(kind=detector_kind(mm.model), batch=plan_batch(cfg), pretrained=pretrained_checkpoint(mm))
 
 
+MMDET_CONFIG_HEADER = "# mmdet config written by `ecmctl train --mmdet-config`"
+
+
 def write_mmdet_config(cfg: DictConfig, out: str | Path, say: Say = print) -> Path:
     """`ecmctl train ... --mmdet-config OUT.py`: the fully resolved mmdet config of the run this command would
     start, without reading the dataset's files, calibrating or training. Paths into the run directory
-    (the weights files calibration would write) are relative to it."""
-    out = check_output_dir(out)
+    (the weights files calibration would write) are relative to it. OUT never replaces a file other than
+    an earlier config written this way (they start with MMDET_CONFIG_HEADER)."""
+    out = check_output(out, inputs=(cfg.counts_file,), option="--mmdet-config",
+                       marker=MMDET_CONFIG_HEADER.encode(), kind="`--mmdet-config` output")
     plan = plan_run(cfg)
     say(plan.batch.message())
     mm = build_mm_config(cfg, class_names_without_data(cfg), "RUN_DIR", plan.weights_names(cfg.loss.type),
                          lr=plan.batch.lr)
-    return atomic_write_text(out, mm.pretty_text)
+    return atomic_write_text(out, f"{MMDET_CONFIG_HEADER}\n{mm.pretty_text}")
 
 
 def prefetch_checkpoints(cfg: DictConfig, say: Say = print) -> list[tuple[str, Path]]:
@@ -70,26 +84,49 @@ def prefetch_checkpoints(cfg: DictConfig, say: Say = print) -> list[tuple[str, P
     return [(name, ensure_checkpoint(name, say, timeout=300))]
 
 
+def given_weights(cfg: DictConfig, plan: RunPlan, say: Say = print) -> list[str] | None:
+    """The weights_file(s) the user gave, one per RoI stage; None when the run makes its own."""
+    if plan.weights_names(cfg.loss.type) is None:
+        if cfg.weights_file:
+            say(f"weights_file is not used: loss={cfg.loss.name} has no ECM weights")
+        return None
+    if not cfg.weights_file:
+        return None
+    given = cfg.weights_file
+    files = [str(given)] * plan.stages if isinstance(given, str) else [str(f) for f in given]
+    if len(files) != plan.stages:
+        raise UserError(f"weights_file: {len(files)} files for {plan.stages} RoI stage(s) of {cfg.detector.name}")
+    return files
+
+
+def check_run_weights(cfg: DictConfig, plan: RunPlan, files: list[str], counts_file: Path, counts: dict) -> None:
+    """Every weights file of the run: consistent values, the dataset's classes and counts, the head's layout,
+    and made from this dataset's annotations (unless allow_foreign_weights)."""
+    ann_sha = annotations_sha256(cfg.dataset.train_ann)
+    for f in files:
+        check_weights(f, counts, with_background=plan.kind != "one_stage", counts_file=counts_file,
+                      ann_sha256=ann_sha, allow_foreign=bool(cfg.allow_foreign_weights))
+
+
 def resolve_weights(cfg: DictConfig, plan: RunPlan, counts_file: Path, counts: dict, run: RunDir,
-                    say: Say) -> list[str] | None:
-    """The weights file(s) for loss=ecm, copied into the run: given, or made now (calibrate for RoI heads,
-    foreground-only weights for dense heads)."""
+                    say: Say, files: list[str] | None = None) -> list[str] | None:
+    """The weights file(s) for loss=ecm, copied into the run: given (`files`, already checked), or made now
+    (calibrate for RoI heads, foreground-only weights for dense heads)."""
     names = plan.weights_names(cfg.loss.type)
     if names is None:
         return None
-    if cfg.weights_file:
-        given = cfg.weights_file
-        files = [str(given)] * plan.stages if isinstance(given, str) else [str(f) for f in given]
-    else:
+    if not files:
         say("loss=ecm has no weights_file: running `ecmctl calibrate` first"
             + (" (one-stage: foreground-only weights)" if plan.kind == "one_stage" else ""))
         cal = run_calibration(cfg, run.path / "calibration", say, counts=(counts_file, counts))
         run.save_input("calibration", run.path / "calibration" / "calibration.json", "calibration.json")
+        for st in cal.per_stage:
+            ci = f", 95% CI [{st['ci95'][0]:.4g}, {st['ci95'][1]:.4g}]" if st.get("ci95") else ""
+            say(f"r = {st['r']:.4g}{ci}" + (f" (RoI stage {st['stage']})" if len(cal.per_stage) > 1 else "")
+                + (f" over {st['iters']} iterations" if st.get("iters") else " (fixed)"))
         files = list(cal.weights_files)
-    if len(files) != plan.stages:
-        raise UserError(f"weights_file: {len(files)} files for {plan.stages} RoI stage(s) of {cfg.detector.name}")
+        check_run_weights(cfg, plan, files, counts_file, counts)
     for f, name in zip(files, names):
-        check_weights(f, counts, with_background=plan.kind != "one_stage")
         run.save_input(Path(name).stem, f, Path(name).name)
         calibration = Path(f).parent / "calibration.json"  # where `calibrate` wrote this file
         if cfg.weights_file and calibration.is_file() and "calibration" not in run.meta.get("inputs", {}):
@@ -97,14 +134,26 @@ def resolve_weights(cfg: DictConfig, plan: RunPlan, counts_file: Path, counts: d
     return names
 
 
-def prepare(cfg: DictConfig, overrides: list[str], say: Say = print) -> RunDir:
-    """Plan, create and lock the run directory, make every missing input, write both configs."""
+def prepare(cfg: DictConfig, overrides: list[str], say: Say = print,
+            on_run: Callable[[RunDir], None] | None = None) -> RunDir:
+    """Plan and check every input (device, run_dir, counts, given weights) before anything is written; then
+    create and lock the run directory (`on_run` is told), make the missing inputs and write both configs.
+    A failure after the directory exists leaves it `failed` (with the reason) or `interrupted`."""
     plan = plan_run(cfg)
     say(plan.batch.message())
+    if cfg.run_dir:
+        RunDir.check_new(cfg.run_dir)
+    else:
+        check_writable(cfg.run_root, "run_root")
     if plan.pretrained:
         ensure_checkpoint(plan.pretrained, say)
     counts_file, counts = ensure_counts(cfg, say)
+    files = given_weights(cfg, plan, say)
+    if files:
+        check_run_weights(cfg, plan, files, counts_file, counts)
     run = RunDir.create(cfg.run_dir) if cfg.run_dir else RunDir(new_run_dir(cfg.run_root, cfg.name))
+    if on_run is not None:
+        on_run(run)
     run.lock()
     run.update(name=cfg.name, status="preparing", created=now(), overrides=list(overrides),
                git_commit=git_commit(), versions=versions(), device=device_name(cfg.device),
@@ -114,16 +163,28 @@ def prepare(cfg: DictConfig, overrides: list[str], say: Say = print) -> RunDir:
                base_lr=plan.batch.base_lr, base_batch=plan.batch.base_batch, pretrained=plan.pretrained)
     try:
         run.save_input("counts", counts_file, "counts.json")
-        weights = resolve_weights(cfg, plan, counts_file, counts, run, say)
+        weights = resolve_weights(cfg, plan, counts_file, counts, run, say, files)
+        foreign = foreign_inputs(cfg, counts_file, counts, [str(run.path / w) for w in weights or []])
         mm = build_mm_config(cfg, class_names(counts), run.path.resolve(), weights, lr=plan.batch.lr)
         atomic_write_text(run.path / HYDRA_CONFIG, to_yaml(cfg))
         atomic_write_text(run.path / MM_CONFIG, mm.pretty_text)
+    except KeyboardInterrupt:
+        run.update(status="interrupted", stopped=now(), reason="interrupted while preparing, before training")
+        run.unlock()
+        say(f"interrupted before training started; {run.path} cannot be resumed, start a new run")
+        raise
     except BaseException as e:
-        run.update(status="failed", stopped=now(), reason=str(e) or type(e).__name__)
+        run.update(status="failed", stopped=now(), reason=_reason(e))
         run.unlock()
         raise
-    run.update(status="ready", **_bg_ratio_used(run))
+    run.update(status="ready", **_bg_ratio_used(run),
+               **({"allow_foreign_weights": True, "foreign_inputs": foreign} if foreign else {}))
     return run
+
+
+def _reason(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
 
 
 def _bg_ratio_used(run: RunDir) -> dict:
@@ -137,10 +198,13 @@ def _bg_ratio_used(run: RunDir) -> dict:
     return {"bg_ratio": ratios, "bg_ratio_source": source} if ratios else {}
 
 
-def train(cfg: DictConfig, overrides: list[str], say: Say = print) -> RunDir:
-    """Prepare a new run and train it with the configured launcher."""
-    run = prepare(cfg, overrides, say)
+def train(cfg: DictConfig, overrides: list[str], say: Say = print,
+          on_run: Callable[[RunDir], None] | None = None) -> RunDir:
+    """Prepare a new run and train it with the configured launcher (`on_run`: told the run directory as
+    soon as it exists, so a caller can record it even when the run then fails)."""
+    run = prepare(cfg, overrides, say, on_run)
     say(f"run directory: {run.path}")
+    say(f"device: {run.meta.get('device')}")
     return launch_run(run, cfg, resume=False, say=say)
 
 
@@ -150,10 +214,17 @@ def resume(run_dir: str | Path, say: Say = print) -> RunDir:
     meta = run.meta
     if meta.get("status") == "finished":
         raise UserError(f"{run.path}: the run already finished; nothing to resume")
-    if not (run.path / MM_CONFIG).is_file():
+    if not (run.path / MM_CONFIG).is_file() or not (run.path / HYDRA_CONFIG).is_file():
         raise UserError(f"{run.path}: no {MM_CONFIG}; the run never got ready, start a new one")
-    run.lock()
     cfg = OmegaConf.load(run.path / HYDRA_CONFIG)
+    require_device(cfg.get("device", "auto"))
+    last = run.last_checkpoint()
+    if last is not None:  # a checkpoint cut off by a crash while it was written: one line, not a traceback
+        try:
+            read_state_dict(last)
+        except UserError as e:
+            raise UserError(f"{e}; remove {last} to resume from the checkpoint before it") from None
+    run.lock()
     say(f"resuming {run.path} from {run.last_checkpoint() or 'the start (no checkpoint yet)'}")
     return launch_run(run, cfg, resume=True, say=say)
 
@@ -168,7 +239,7 @@ def _terminate(signum, frame):
 
 def launch_run(run: RunDir, cfg: DictConfig, resume: bool, say: Say) -> RunDir:
     """Launch the run's training and record how it ended: finished, failed (with the reason) or interrupted."""
-    slurm = cfg.launcher.name == "slurm"  # the job marks itself running, then finished
+    slurm = cfg.launcher.name == "slurm"  # the job marks itself running, then finished or failed
     run.update(status="submitted" if slurm else "running", **({} if slurm else {"started": now()}))
     previous = signal.signal(signal.SIGTERM, _terminate)
     try:
@@ -178,7 +249,7 @@ def launch_run(run: RunDir, cfg: DictConfig, resume: bool, say: Say) -> RunDir:
         say(f"interrupted; continue with `ecmctl train --resume {run.path}`")
         raise
     except BaseException as e:
-        run.update(status="failed", stopped=now(), reason=str(e).splitlines()[0] if str(e) else type(e).__name__)
+        run.update(status="failed", stopped=now(), reason=_reason(e))
         raise
     finally:
         signal.signal(signal.SIGTERM, previous)

@@ -76,10 +76,12 @@ class CalibrationHook(Hook):
                         for h, c in zip(heads, self.counters)]
         self.traces = [[] for _ in heads]
         if self.progress and runner.rank == 0:
+            from rich.console import Console
             from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
             self._bar = Progress(TextColumn("calibrating r"), BarColumn(), MofNCompleteColumn(),
-                                 TextColumn("{task.fields[status]}"), TimeElapsedColumn(), transient=False)
+                                 TextColumn("{task.fields[status]}"), TimeElapsedColumn(), transient=False,
+                                 console=Console(stderr=True))
             self._bar.start()
             self._task = self._bar.add_task("calibrate", total=runner.max_iters, status="")
 

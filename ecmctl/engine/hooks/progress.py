@@ -1,4 +1,5 @@
-"""A rich progress bar for mmengine's train and test loops (rank 0), for quiet runs (log_level WARNING)."""
+"""A rich progress bar for mmengine's train and test loops (rank 0, on stderr): what a quiet run shows while
+mmengine's log lines go to the log file only (ecmctl.core.quiet). With --verbose the log lines show instead."""
 
 from __future__ import annotations
 
@@ -19,12 +20,15 @@ class ProgressHook(Hook):
         self._task = None
 
     def _start(self, runner, label: str, total: int) -> None:
-        if runner.rank != 0:
+        from ecmctl.core.quiet import verbose
+
+        if runner.rank != 0 or verbose():
             return
+        from rich.console import Console
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
         self._bar = Progress(TextColumn(label), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[loss]}"),
-                             TimeRemainingColumn())
+                             TimeRemainingColumn(), console=Console(stderr=True))
         self._bar.start()
         self._task = self._bar.add_task(label, total=total, completed=runner.iter if label == "train" else 0,
                                         loss="")
