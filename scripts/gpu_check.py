@@ -380,6 +380,7 @@ def overrides(ctx: Context) -> list[str]:
             f"dataset.synth.image_height={h}", "dataset.synth.repeat_looks=true",
             f"dataset.train_scale=[{sw},{sh}]", f"dataset.test_scale=[{sw},{sh}]", "train.val_interval=0",
             f"train.num_workers={s.num_workers}", f"calibrate.max_iters={s.calibrate_iters}",
+            f"calibrate.min_iters={min(20, s.calibrate_iters)}",
             f"eval.max_per_img={s.max_per_img}",
             *([f"+detector.model.train_cfg.rcnn.sampler.num={s.rois}"] if s.rois else []),
             *([f"+detector.model.test_cfg.rpn.{k}={s.proposals}" for k in ("nms_pre", "max_per_img")]

@@ -103,4 +103,4 @@ def test_any_results_file_and_its_bad_input(trained, tmp_path):
         assert res.exit_code == 2 and message in res.output and "Traceback" not in res.output, res.output
         assert not out2.exists()
     res = CliRunner().invoke(app, ["eval", "--gt", gt_file, "--results", str(rfile), "-o", str(rfile)])
-    assert res.exit_code == 2 and "overwrite an input" in res.output
+    assert res.exit_code == 2 and "is also this command's input" in " ".join(res.output.split())

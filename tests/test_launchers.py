@@ -148,3 +148,33 @@ def test_sweep_with_slurm_launcher_submits_a_job_array(overrides, tmp_path):
     while time.time() < deadline and any(r.meta.get("status") != "finished" for r in runs):
         time.sleep(1)
     assert all(finished_iters(r.path) == 2 for r in runs)
+
+
+def test_two_nodes_train_one_run(overrides, tmp_path):
+    """A multi-node torchrun job, both "nodes" on this machine: node 0 prepares the shared run_dir (counts,
+    configs), node 1 waits for it and joins; one run with a world size of 2."""
+    run_dir = tmp_path / "shared" / "run"
+    common = [*overrides, "detector=atss_tiny", "loss=bce", "train.max_iters=2", "launcher=torchrun",
+              "launcher.nnodes=2", "launcher.nproc_per_node=1", "launcher.rdzv_endpoint=localhost:29613",
+              f"run_dir={run_dir}"]
+    cmd = [sys.executable, "-m", "ecmctl", "train", *common]
+    node1 = subprocess.Popen([*cmd, "launcher.node_rank=1"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                             text=True)
+    try:
+        node0 = subprocess.run([*cmd, "launcher.node_rank=0"], capture_output=True, text=True, timeout=600)
+        out1, _ = node1.communicate(timeout=120)
+    finally:
+        if node1.poll() is None:
+            node1.kill()
+    assert node0.returncode == 0, node0.stdout + node0.stderr
+    assert node1.returncode == 0 and "waiting for node 0" in out1, out1
+    run = RunDir(run_dir)
+    assert run.meta["status"] == "finished" and finished_iters(run_dir) == 2
+    (log,) = list(run_dir.glob("*/*.log"))  # the global rank 0 alone writes the run's log
+    assert "GPU number: 2" in log.read_text()  # mmengine's name for the world size
+
+
+def test_node_k_without_a_shared_run_dir_is_refused(overrides):
+    res = CliRunner().invoke(app, ["train", *overrides, "launcher=torchrun", "launcher.nnodes=2",
+                                   "launcher.node_rank=1"])
+    assert res.exit_code == 2 and "same run_dir=/shared/path on every node" in " ".join(res.output.split())

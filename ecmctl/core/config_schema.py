@@ -350,6 +350,9 @@ def _check_cross(c: RootConf) -> None:
         if bad:
             raise UserError(f"config key 'schedule.milestones' = {s.milestones}: without by_epoch they are "
                             "fractions of max_iters, each in (0, 1)")
+    if c.calibrate.min_iters > c.calibrate.max_iters:
+        raise UserError(f"config key 'calibrate.min_iters' = {c.calibrate.min_iters}: must be <= "
+                        f"calibrate.max_iters ({c.calibrate.max_iters})")
     wf = c.weights_file
     if wf is not None and not (isinstance(wf, str) or (isinstance(wf, list) and wf and
                                                         all(isinstance(w, str) for w in wf))):

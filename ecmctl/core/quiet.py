@@ -36,6 +36,7 @@ KNOWN_WARNINGS: tuple[tuple[type[Warning], str], ...] = (
     (UserWarning, r"os\.fork\(\) was called"),
     (UserWarning, r"This DataLoader will create .* worker processes in total"),
     (UserWarning, r"No TensorBoard|TensorboardX"),
+    (UserWarning, r"Setting (OMP|MKL)_NUM_THREADS environment variable for each process"),
 )
 
 # mmengine log records (logger "mmengine") that are deprecation notices, kept out of the console only

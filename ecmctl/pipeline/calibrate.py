@@ -164,7 +164,9 @@ def _measure(cfg: DictConfig, out: Path, classes: list[str], loss: DictConfig, s
     mm.custom_hooks = [dict(type="ecmctl.CalibrationHook", min_iters=int(c.min_iters), rel_tol=float(c.rel_tol),
                             bootstrap=int(c.bootstrap), out_file=str(trace_file.resolve()))]
     atomic_write_text(out / CALIBRATION_MM_CONFIG, mm.pretty_text)
-    launcher = cfg.launcher if cfg.launcher.name == "torchrun" else OmegaConf.create({"name": "local"})
+    # a short run on this node only: under torchrun its processes (a multi-node job's other nodes join later)
+    launcher = (OmegaConf.merge(cfg.launcher, {"nnodes": 1, "node_rank": 0}) if cfg.launcher.name == "torchrun"
+                else OmegaConf.create({"name": "local"}))
     launch(Task("ecmctl.engine.runner:train_run", str(out), {"config": CALIBRATION_MM_CONFIG}), launcher, say,
            device=cfg.device)
     traces = json.loads(trace_file.read_text())["traces"]

@@ -201,11 +201,38 @@ def _bg_ratio_used(run: RunDir) -> dict:
 def train(cfg: DictConfig, overrides: list[str], say: Say = print,
           on_run: Callable[[RunDir], None] | None = None) -> RunDir:
     """Prepare a new run and train it with the configured launcher (`on_run`: told the run directory as
-    soon as it exists, so a caller can record it even when the run then fails)."""
+    soon as it exists, so a caller can record it even when the run then fails). On the other nodes of a
+    multi-node torchrun job, join the run that node 0 prepares instead."""
+    lc = cfg.launcher
+    if lc.name == "torchrun" and int(lc.nnodes) > 1 and int(lc.node_rank) > 0:
+        return join_run(cfg, say)
     run = prepare(cfg, overrides, say, on_run)
     say(f"run directory: {run.path}")
     say(f"device: {run.meta.get('device')}")
     return launch_run(run, cfg, resume=False, say=say)
+
+
+JOIN_POLL_S = 5
+
+
+def join_run(cfg: DictConfig, say: Say = print, timeout_s: float = 24 * 3600) -> RunDir:
+    """Node k > 0 of a multi-node torchrun job: wait until node 0 has prepared `run_dir` (counts, calibration,
+    configs: it alone writes them), then start this node's ranks of the same training task."""
+    import time
+
+    if not cfg.run_dir:
+        raise UserError(f"launcher.node_rank={cfg.launcher.node_rank}: a multi-node run needs the same "
+                        "run_dir=/shared/path on every node (node 0 prepares it, the others join)")
+    run, deadline = RunDir(cfg.run_dir), time.monotonic() + timeout_s
+    say(f"node {cfg.launcher.node_rank}: waiting for node 0 to prepare {run.path}")
+    while (status := run.meta.get("status")) not in ("ready", "running"):
+        if status in ("failed", "interrupted", "finished"):
+            raise UserError(f"{run.path}: node 0's run is {status}; nothing to join")
+        if time.monotonic() > deadline:
+            raise UserError(f"{run.path}: node 0 did not prepare the run within {timeout_s / 3600:.0f} h")
+        time.sleep(JOIN_POLL_S)
+    launch(train_task(run.path), cfg.launcher, say, device=cfg.device)
+    return run
 
 
 def resume(run_dir: str | Path, say: Say = print) -> RunDir:
