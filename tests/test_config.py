@@ -128,3 +128,10 @@ def test_every_detector_builds_with_ecm(detector, tmp_path):
         heads = list(heads) if kind == "cascade" else [heads]
         assert all(type(h.loss_cls).__name__ == "ECMLoss" for h in heads)
         assert all(h.fc_cls.out_features == len(CLASSES) + 1 for h in heads)
+
+
+@pytest.mark.parametrize("key", ["data_root", "run_root"])
+def test_an_empty_root_is_refused(key):
+    """data_root= would put the dataset at /synth (a path from the filesystem's root)."""
+    with pytest.raises(UserError, match=f"config key '{key}' is empty"):
+        compose([f"{key}="])

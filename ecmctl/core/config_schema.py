@@ -350,6 +350,9 @@ def _check_cross(c: RootConf) -> None:
         if bad:
             raise UserError(f"config key 'schedule.milestones' = {s.milestones}: without by_epoch they are "
                             "fractions of max_iters, each in (0, 1)")
+    for key in ("data_root", "run_root"):
+        if not str(getattr(c, key)).strip():
+            raise UserError(f"config key {key!r} is empty; give a directory (relative to the current one)")
     if c.calibrate.min_iters > c.calibrate.max_iters:
         raise UserError(f"config key 'calibrate.min_iters' = {c.calibrate.min_iters}: must be <= "
                         f"calibrate.max_iters ({c.calibrate.max_iters})")
