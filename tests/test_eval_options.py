@@ -104,3 +104,25 @@ def test_any_results_file_and_its_bad_input(trained, tmp_path):
         assert not out2.exists()
     res = CliRunner().invoke(app, ["eval", "--gt", gt_file, "--results", str(rfile), "-o", str(rfile)])
     assert res.exit_code == 2 and "is also this command's input" in " ".join(res.output.split())
+
+
+def test_kept_detections_rescored_on_a_subset_of_the_val_set(trained, tmp_path):
+    from omegaconf import OmegaConf
+
+    res = CliRunner().invoke(app, ["eval", str(trained.path)])
+    assert res.exit_code == 0, res.output
+    full = (trained.path / "metrics.json").read_bytes()
+    gt = json.loads(Path(OmegaConf.load(trained.path / "config.yaml").dataset.val_ann).read_text())
+    keep = {im["id"] for im in gt["images"][: len(gt["images"]) // 2]}
+    subset = {**gt, "images": [im for im in gt["images"] if im["id"] in keep],
+              "annotations": [a for a in gt["annotations"] if a["image_id"] in keep]}
+    sub_file, out = tmp_path / "subset.json", tmp_path / "subset_metrics.json"
+    sub_file.write_text(json.dumps(subset))
+    res = CliRunner().invoke(app, ["eval", str(trained.path), "--reuse-detections", "--gt", str(sub_file)])
+    assert res.exit_code == 2 and "-o" in res.output  # the run's own metrics.json is for its val set
+    res = CliRunner().invoke(app, ["eval", str(trained.path), "--reuse-detections", "--gt", str(sub_file),
+                                   "-o", str(out)])
+    assert res.exit_code == 0, res.output
+    doc = json.loads(out.read_text())
+    assert doc["protocol"]["ann_file"] == str(sub_file) and doc["rescored_from"] == "eval/detections"
+    assert set(doc["bbox"]) >= {"AP", "APr"} and (trained.path / "metrics.json").read_bytes() == full

@@ -315,25 +315,27 @@ def eval_cmd(
     reuse: bool = typer.Option(False, "--reuse", help="Show the existing metrics.json instead of evaluating."),
     reuse_detections: bool = typer.Option(False, "--reuse-detections",
                                           help="Re-score the run's kept detections (no inference)."),
-    gt: Path | None = typer.Option(None, "--gt", help="LVIS annotations to score --results against."),
+    gt: Path | None = typer.Option(None, "--gt", help="LVIS annotations to score --results (or a run's kept "
+                                   "detections, with --reuse-detections) against."),
     results: Path | None = typer.Option(None, "--results", help="An LVIS-format results file (no run needed)."),
     iou: str = typer.Option("bbox", "--iou", help="bbox or segm (with --results)."),
     protocol: str = typer.Option("standard", "--protocol", help="standard, fixed or pooled (with --results)."),
-    out: Path | None = typer.Option(None, "-o", "--out", help="metrics file to write (with --results)."),
+    out: Path | None = typer.Option(None, "-o", "--out", help="metrics file to write (with --gt)."),
     verbose: bool = VERBOSE,
 ) -> None:
     """LVIS evaluation (AP, APr/APc/APf, box and mask; Fixed/Pooled AP) -> metrics.json and a table.
 
     Examples: ecmctl eval runs/ecm_r50_1x-lvis_v1/20261125-120000;  ecmctl eval RUN_A RUN_B --reuse;
     ecmctl eval RUN --set eval.protocol=fixed;  ecmctl eval RUN --reuse-detections --set eval.protocol=pooled;
-    ecmctl eval --gt lvis_v1_val.json --results detections.json --iou segm -o metrics.json
+    ecmctl eval --gt lvis_v1_val.json --results detections.json --iou segm -o metrics.json;
+    ecmctl eval RUN --reuse-detections --gt val_subset.json -o subset_metrics.json
     """
     from ecmctl.cli.render import metrics_table
     from ecmctl.pipeline.evaluate import evaluate, evaluate_results_file, load_metrics
 
-    if gt is not None or results is not None:
-        if gt is None or results is None or run_dirs:
-            raise UserError("--gt and --results go together, without run directories")
+    if results is not None:
+        if gt is None or run_dirs:
+            raise UserError("--results goes with --gt ANNOTATIONS, without run directories")
         if iou not in ("bbox", "segm") or protocol not in ("standard", "fixed", "pooled"):
             raise UserError(f"--iou {iou} --protocol {protocol}: --iou is bbox or segm, --protocol standard, "
                             "fixed or pooled")
@@ -349,11 +351,13 @@ def eval_cmd(
     if reuse and (reuse_detections or checkpoint is not None or overrides):
         raise UserError("--reuse shows the existing metrics.json: it takes no --checkpoint, --set or "
                         "--reuse-detections")
-    docs = [load_metrics(r) if reuse else evaluate(r, checkpoint, overrides or [], _say, reuse_detections)
+    if gt is not None and len(run_dirs) > 1:
+        raise UserError("--gt re-scores one run's kept detections: give a single run directory")
+    docs = [load_metrics(r) if reuse else evaluate(r, checkpoint, overrides or [], _say, reuse_detections, gt, out)
             for r in run_dirs]
     console.print(metrics_table(docs))
     for r in run_dirs:
-        _line(f"wrote {Path(r) / 'metrics.json'}" if not reuse else f"read {Path(r) / 'metrics.json'}")
+        _line(f"read {Path(r) / 'metrics.json'}" if reuse else f"wrote {out or Path(r) / 'metrics.json'}")
 
 
 @app.command()

@@ -94,12 +94,17 @@ def _checkpoint(run: RunDir, checkpoint: str | Path | None, cfg: DictConfig) -> 
 
 
 def evaluate(run_dir: str | Path, checkpoint: str | Path | None = None, overrides: list[str] = (),
-             say=print, reuse_detections: bool = False) -> dict:
-    """Evaluate a run's checkpoint (or re-score its kept detections) and write metrics.json into it."""
+             say=print, reuse_detections: bool = False, gt: str | Path | None = None,
+             out: str | Path | None = None) -> dict:
+    """Evaluate a run's checkpoint and write metrics.json into it; or (`reuse_detections`) re-score the
+    detections it kept, against its val set or against `gt` (e.g. a subset of it) into `out`."""
     run = RunDir.open(run_dir)
     cfg = eval_config(run.path, list(overrides))
+    if (gt is None) != (out is None) or (gt is not None and not reuse_detections):
+        raise UserError("--gt with a run directory re-scores its kept detections: give --reuse-detections, --gt "
+                        "and -o (the run's own metrics.json stays for its val set)")
     if reuse_detections:
-        return _rescore(run, cfg, say)
+        return _rescore(run, cfg, say, gt, out)
     ckpt = _checkpoint(run, checkpoint, cfg)
     require_device(cfg.get("device", "auto"))
     check_checkpoint(load_run_config(run.path, MM_CONFIG), ckpt)  # strict: shapes and names, before any write
@@ -124,9 +129,11 @@ def evaluate(run_dir: str | Path, checkpoint: str | Path | None = None, override
     return doc
 
 
-def _rescore(run: RunDir, cfg: DictConfig, say) -> dict:
-    """`ecmctl eval RUN --reuse-detections`: the kept detections of the last evaluation, scored again (another
-    protocol, or another ground truth such as a subset), without inference."""
+def _rescore(run: RunDir, cfg: DictConfig, say, gt: str | Path | None = None, out: str | Path | None = None) -> dict:
+    """`ecmctl eval RUN --reuse-detections [--gt SUBSET.json -o OUT]`: the kept detections of the last
+    evaluation, scored again (another protocol, or another ground truth such as a subset), without inference."""
+    if out is not None:
+        out = check_output(out, schema=METRICS_SCHEMA, inputs=(gt, run.path / METRICS_JSON))
     det_dir = run.path / EVAL_DIR / DETECTIONS
     info_file = det_dir / DETECTIONS_JSON
     if not info_file.is_file():
@@ -143,12 +150,16 @@ def _rescore(run: RunDir, cfg: DictConfig, say) -> dict:
     parsed: dict = {}
     for iou in ious:
         for protocol in protocols:
-            summary = evaluate_detections(cfg.dataset.val_ann, shards, iou, protocol,
+            summary = evaluate_detections(gt or cfg.dataset.val_ann, shards, iou, protocol,
                                           max_dets=int(cfg.eval.max_per_img), topk=int(cfg.eval.topk))
             parsed.update(_sections(iou, protocol, summary))
     ckpt = run.path / info["checkpoint"]
     doc = metrics_document(run, ckpt, cfg, parsed, checkpoint_sha256=info["checkpoint_sha256"])
     doc["rescored_from"] = str(det_dir.relative_to(run.path))
+    if gt is not None:
+        doc["protocol"]["ann_file"] = str(gt)
+        atomic_write_json(out, doc)
+        return doc
     write_metrics(run.path, doc)
     return doc
 
