@@ -30,8 +30,15 @@ def eval_config(run_dir: Path, overrides: list[str]):
         raise UserError(f"bad eval override: {e}") from None
 
 
+# per-class items of the metric ('bbox_class_recall/NAME') -> metrics.json sections ('bbox_recall_per_class');
+# recall (at the 300 cap) and tp_score (mean score of IoU-0.5 true positives) are optional sections
+PER_CLASS_SECTIONS = {"class_AP": "per_class", "class_recall": "recall_per_class",
+                      "class_tp_score": "tp_score_per_class"}
+
+
 def parse_metrics(raw: dict) -> dict:
-    """mmengine's flat 'lvis/bbox_APr' keys -> {'bbox': {'APr': ...}, 'segm': {...}}, plus per-class AP."""
+    """mmengine's flat 'lvis/bbox_APr' keys -> {'bbox': {'APr': ...}, 'segm': {...}}, plus the per-class
+    sections: '{iou}_per_class' (AP), '{iou}_recall_per_class' and '{iou}_tp_score_per_class'."""
     out: dict = {}
     for key, value in raw.items():
         name = key.split("/", 1)[-1]
@@ -40,8 +47,9 @@ def parse_metrics(raw: dict) -> dict:
                 item = name[len(iou) + 1:]
                 if item in METRIC_KEYS:
                     out.setdefault(iou, {})[item] = float(value)
-                elif item.startswith("class_AP/"):
-                    out.setdefault(f"{iou}_per_class", {})[item.split("/", 1)[1]] = (
+                elif "/" in item and item.split("/", 1)[0] in PER_CLASS_SECTIONS:
+                    kind, cls = item.split("/", 1)
+                    out.setdefault(f"{iou}_{PER_CLASS_SECTIONS[kind]}", {})[cls] = (
                         None if math.isnan(value) else float(value))
     return out
 
