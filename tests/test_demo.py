@@ -22,7 +22,7 @@ def test_reduced_demo_and_report(overrides, tmp_path):
     for stage in ("synth", "count", "calibrate", "train ecm", "eval ecm", "train bce", "eval bce", "report"):
         assert f"stage {stage}: " in res.output, stage
     assert res.output.count("stage train ecm: ") == 2  # one per seed; calibrate once
-    for col in ("BCE", "ECM", "Δ ECM−BCE", "95% CI of Δ", "Δ per seed", "bbox APr", "bbox APc", "bbox APf",
+    for col in ("BCE", "ECM", "Δ ECM−BCE [95% CI]", "Δ per seed", "bbox APr", "bbox APc", "bbox APf",
                 "measured r", "synth_small (8 classes", "df = n − 1 = 1"):
         assert col in res.output, col
     summary = json.loads((out / "demo.json").read_text())

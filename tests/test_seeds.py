@@ -86,3 +86,43 @@ def test_compare_with_one_and_two_seeds_and_undefined_values():
                          "sd": pytest.approx(0.1414, 1e-3)}
     assert summarize([None, -1]) == {"values": [None, None], "n": 0, "mean": None, "sd": None}
     assert seeds.defined(0.0) and not seeds.defined(True) and not seeds.defined(float("inf"))
+
+
+def _demo_summary(bce: list[dict], ecm: list[dict], seeds_: list[int], keys=("AP", "APr", "APc", "APf")) -> dict:
+    from ecmctl.pipeline.demo import seed_stats
+
+    return {"r": 3.2, "ci95": [3.1, 3.3], "seeds": seeds_, "metrics": list(keys),
+            "dataset": {"name": "synth", "classes": 96, "groups": {"r": 27, "c": 37, "f": 32}},
+            "stats": seed_stats(bce, ecm, keys), "stage_seconds": {"calibrate": 40.0, "train ecm": 200.0}}
+
+
+def _rows(table) -> dict[str, list[str]]:
+    cols = [list(c.cells) for c in table.columns]
+    return {row[0]: list(row[1:]) for row in zip(*cols, strict=True)}
+
+
+def test_demo_table_shows_mean_sd_paired_delta_interval_and_seeds():
+    from ecmctl.cli.render import demo_table
+
+    box = lambda ap, apr, apc, apf: {"bbox": {"AP": ap, "APr": apr, "APc": apc, "APf": apf}}  # noqa: E731
+    bce = [box(0.30, 0.10, 0.25, 0.45), box(0.31, 0.12, 0.26, 0.44), box(0.29, 0.09, 0.27, 0.46)]
+    ecm = [box(0.31, 0.15, 0.25, 0.44), box(0.33, 0.14, 0.27, 0.45), box(0.30, 0.13, 0.26, -1.0)]
+    table = demo_table(_demo_summary(bce, ecm, [0, 1, 2]))
+    rows = _rows(table)
+    assert rows["bbox AP"][:2] == ["30.0 ± 1.0", "31.3 ± 1.5"]
+    # APr: differences +5, +2, +4 -> mean 3.67, sd 1.53, half-width 4.303 * 1.53 / sqrt(3) = 3.79
+    assert rows["bbox APr"][2:] == ["+3.7 [-0.1, +7.5]", "+5.0 +2.0 +4.0"]
+    assert rows["bbox APf"][1:] == ["44.5 ± 0.7", "+0.0 [-12.7, +12.7]", "-1.0 +1.0 -"]  # seed 2: undefined
+    assert "df = n − 1 = 2" in table.caption and "total 240" in table.caption
+    assert "synth (96 classes: 27 r, 37 c, 32 f)" in str(table.title)
+    one = demo_table(_demo_summary(bce[:1], ecm[:1], [0]))
+    assert _rows(one)["bbox APr"] == ["10.0", "15.0", "+5.0", "+5.0"] and "no interval (one seed)" in one.caption
+
+
+def test_a_new_metric_is_one_more_key():
+    from ecmctl.cli.render import demo_table
+
+    bce = [{"bbox": {"AP": 0.3, "APfixed": 0.32}}, {"bbox": {"AP": 0.31, "APfixed": 0.34}}]
+    ecm = [{"bbox": {"AP": 0.32, "APfixed": 0.35}}, {"bbox": {"AP": 0.30, "APfixed": 0.35}}]
+    rows = _rows(demo_table(_demo_summary(bce, ecm, [0, 1], keys=("AP", "APfixed"))))
+    assert list(rows) == ["bbox AP", "bbox APfixed"] and rows["bbox APfixed"][3] == "+3.0 +1.0"

@@ -202,22 +202,24 @@ def demo_table(summary: dict):
     what = (f"{ds['name']} ({ds['classes']} classes: " + ", ".join(f"{groups.get(g, 0)} {g}" for g in "rcf") + ")"
             if ds else "the synthetic long-tailed set")
     table = Table(title=f"ECM vs BCE on {what}, {len(seeds)} seed(s); measured r = {summary['r']:.3f} "
-                        f"[{lo:.3f}, {hi:.3f}]", box=box.SIMPLE_HEAD)
-    for col in ("metric", "BCE", "ECM", "Δ ECM−BCE", "95% CI of Δ", "Δ per seed"):
-        table.add_column(col, justify="left" if col == "metric" else "right")
+                        f"[{lo:.3f}, {hi:.3f}]", box=box.SIMPLE_HEAD, pad_edge=False)
+    for col in ("metric", "BCE", "ECM", "Δ ECM−BCE [95% CI]", "Δ per seed"):
+        table.add_column(col, justify="left" if col == "metric" else "right", no_wrap=col != "Δ per seed")
     for iou, rows in summary["stats"].items():
         for key in summary.get("metrics") or list(rows):
             st = rows.get(key)
             if st is None:  # no run reports it
-                table.add_row(f"{iou} {key}", "-", "-", "-", "-", "-")
+                table.add_row(f"{iou} {key}", "-", "-", "-", "-")
                 continue
             d = st["diff"]
-            ci = "-" if not d.get("ci") else f"[{_signed(d['ci'][0])}, {_signed(d['ci'][1])}]"
-            table.add_row(f"{iou} {key}", _mean_sd(st["bce"]), _mean_sd(st["ecm"]), _signed(d["mean"]), ci,
+            ci = "" if not d.get("ci") else f" [{_signed(d['ci'][0])}, {_signed(d['ci'][1])}]"
+            table.add_row(f"{iou} {key}", _mean_sd(st["bce"]), _mean_sd(st["ecm"]), _signed(d["mean"]) + ci,
                           " ".join(_signed(v) for v in d["values"]))
     n = max((st["diff"]["n"] for rows in summary["stats"].values() for st in rows.values()), default=0)
+    interval = (f"its 95% t-interval (df = n − 1 = {n - 1})" if n >= 2 else "no interval (one seed)")
+    times = summary["stage_seconds"]
     table.caption = (f"AP in %. BCE, ECM: mean ± sd over seeds {', '.join(map(str, seeds))}. Δ: ECM − BCE paired "
-                     f"by seed; its mean, the 95% t-interval (df = n − 1 = {max(n - 1, 0)}) and each seed's Δ; "
-                     "'-': undefined (e.g. no class of the group in val).\nstage seconds: "
-                     + ", ".join(f"{k} {v:.0f}" for k, v in summary["stage_seconds"].items()))
+                     f"by seed: its mean, {interval} and each seed's Δ; '-': undefined (e.g. no class of the "
+                     "group in val).\nstage seconds: " + ", ".join(f"{k} {v:.0f}" for k, v in times.items())
+                     + f"; total {sum(times.values()):.0f}")
     return table
