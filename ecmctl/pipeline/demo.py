@@ -46,7 +46,7 @@ def run_demo(overrides: list[str] = (), say=print) -> dict:
     """Run the whole pipeline for ECM and the BCE baseline over `demo.seeds`; returns demo.json's content."""
     base = compose([*DEMO_DEFAULTS, *overrides])
     out = Path(base.demo.out)
-    common = [*DEMO_DEFAULTS, *overrides, f"run_root={out}"]
+    common = [*DEMO_DEFAULTS, *overrides, f"run_root={out}", f"demo.out={out}"]  # every job's runs go under out
     cfg = compose(common)
     clock = StageClock(say)
     with clock.stage("synth"):

@@ -397,27 +397,35 @@ def figure_mechanism(runs: list[ReportRun], tables: dict[str, dict]):
     x = np.arange(len(groups))
     shown = [r for r in runs if tables.get(r.label)]
     width = 0.8 / max(1, len(shown))
-    panels = (("recall", 100.0, "recall at 300 detections (%)", "{:.1f}"),
-              ("tp_score", 1.0, "mean score of true positives (IoU 0.5)", "{:.2f}"))
-    for ax, (key, scale, ylabel, fmt) in zip(axes, panels, strict=True):
+    # scores span orders of magnitude between groups (a rare class's true positives can score ~1e-3): log
+    # axis from the LVIS protocol's score threshold 1e-4, so each group's lift reads as a ratio
+    floor = 1e-4
+    panels = (("recall", 100.0, "recall at 300 detections (%)", "{:.1f}", 0.0),
+              ("tp_score", 1.0, "mean score of true positives (IoU 0.5, log)", "{:.3g}", floor))
+    for ax, (key, scale, ylabel, fmt, bottom) in zip(axes, panels, strict=True):
         top = 0.0
         for i, r in enumerate(shown):
             t = tables[r.label]
             h = np.array([scale * t[g][key] if key in t.get(g, {}) else np.nan for g in groups])
             pos = x - 0.4 + width * (i + 0.5)
-            ax.bar(pos, np.nan_to_num(h), width * 0.95, color=r.color, label=r.label)
-            for p, v in zip(pos, h, strict=True):
-                ax.text(p, 0 if np.isnan(v) else v, "n/a" if np.isnan(v) else fmt.format(v), ha="center",
+            bars = np.maximum(np.nan_to_num(h, nan=bottom), bottom)
+            ax.bar(pos, bars - bottom, width * 0.95, bottom=bottom, color=r.color, label=r.label)
+            for p, v, b in zip(pos, h, bars, strict=True):
+                ax.text(p, b, "n/a" if np.isnan(v) else fmt.format(v), ha="center",
                         va="bottom", fontsize=7, rotation=90 if len(shown) > 3 else 0)
             if np.isfinite(h).any():
                 top = max(top, float(np.nanmax(h)))
         ax.set_xticks(x, [f"{FREQ_NAMES[g]} ({g})" for g in groups])
-        ax.set_ylim(0, max(top * 1.2, scale * 0.05))
+        if bottom > 0:
+            ax.set_yscale("log")
+            ax.set_ylim(bottom, max(top * 3, bottom * 10))
+        else:
+            ax.set_ylim(0, max(top * 1.2, scale * 0.05))
         ax.set_ylabel(ylabel)
         ax.grid(axis="y", alpha=0.3)
         ax.legend(fontsize=8)
-    fig.supxlabel("mean over the group's classes (val set); frequency groups from training image counts",
-                  fontsize=8, color="0.3")
+    fig.supxlabel("means over the group's classes on val (recall: classes with ground truth; score: classes with "
+                  ">= 1 true positive); groups by training image counts", fontsize=8, color="0.3")
     return fig
 
 
@@ -539,7 +547,8 @@ def report_markdown(runs: list[ReportRun], figures: dict[str, Path], titles: dic
     if mechanism:
         out += ["", "## Recall at the cap by frequency group", "",
                 "Recall at 300 detections per image (%, mean over IoU 0.50:0.95) and the mean score of true "
-                "positives (IoU 0.5), averaged over each group's classes.", ""]
+                "positives (IoU 0.5), averaged over each group's classes (for the score, the classes with at "
+                "least one true positive).", ""]
         out += mechanism_markdown(runs, mechanism)
     cal = calibration_markdown(runs)
     if cal:
