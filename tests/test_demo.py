@@ -23,7 +23,7 @@ def test_reduced_demo_and_report(overrides, tmp_path):
         assert f"stage {stage}: " in res.output, stage
     assert res.output.count("stage train ecm: ") == 2  # one per seed; calibrate once
     for col in ("BCE", "ECM", "Δ ECM−BCE [95% CI]", "Δ per seed", "bbox APr", "bbox APc", "bbox APf",
-                "measured r", "synth_small (8 classes", "df = n − 1 = 1"):
+                "measured r", "synth_tiny (8 classes", "df = n − 1 = 1"):
         assert col in res.output, col
     summary = json.loads((out / "demo.json").read_text())
     assert summary["schema"] == "ecmctl/demo@1" and summary["r"] > 0 and summary["seeds"] == [0, 1]
@@ -39,7 +39,7 @@ def test_reduced_demo_and_report(overrides, tmp_path):
         assert d["values"] == [pytest.approx(e - b) for b, e in zip(st["bce"]["values"], st["ecm"]["values"],
                                                                       strict=True)]
         assert st["bce"]["mean"] == pytest.approx(summary["mean"]["bce"]["bbox"][key])
-    assert summary["dataset"]["name"] == "synth_small" and summary["dataset"]["classes"] == 8
+    assert summary["dataset"]["name"] == "synth_tiny" and summary["dataset"]["classes"] == 8
     groups = summary["groups"]["ecm"][0]  # per-group recall at the cap from the new metrics.json sections
     assert set(groups) <= {"r", "c", "f"} and groups and all(0 <= g["recall"] <= 1 for g in groups.values())
     runs = [Path(summary["runs"][k][0]) for k in ("ecm", "bce")]
