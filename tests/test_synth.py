@@ -324,6 +324,6 @@ def test_cli_synth_profiles(tmp_path):
     res = CliRunner().invoke(app, ["synth", str(out), "--profile", "lvis", "--classes", "12", "--train-images",
                                    "170", "--val-images", "12", "--image-size", "32"])
     assert res.exit_code == 0, res.output
-    assert "profile lvis" in _load(out / "train.json")["info"]["description"]
+    assert "profile lvis" in _load(out / "train.json")["info"]["description"] and "compressed" in res.output
     res = CliRunner().invoke(app, ["synth", str(tmp_path / "x"), "--profile", "lvis", "--train-images", "100"])
     assert res.exit_code == 2 and "--train-images" in res.output

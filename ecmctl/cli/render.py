@@ -38,6 +38,16 @@ def info_table(info: dict) -> Table:
     return table
 
 
+def _design_line(design: dict | None) -> str:
+    if not design:
+        return ""
+    line = f"\nprofile {design['profile']}: {design['categories_per_image']} categories per train image"
+    if "frequent_alpha" in design:
+        line += (f"; LVIS v1's frequent counts compressed as 101 * (n / 101) ** {design['frequent_alpha']}"
+                 " (1 = as in LVIS)")
+    return line
+
+
 def synth_table(summary: dict[str, Any]) -> Table:
     """One row per LVIS frequency group: how long the tail is and how well val covers it."""
     sp = summary["splits"]
@@ -46,7 +56,7 @@ def synth_table(summary: dict[str, Any]) -> Table:
         caption=(f"train: {sp['train']['images']} images, {sp['train']['annotations']} annotations "
                  f"-> {summary['train_json']}\n"
                  f"val: {sp['val']['images']} images, {sp['val']['annotations']} annotations "
-                 f"-> {summary['val_json']}"),
+                 f"-> {summary['val_json']}" + _design_line(summary.get("design"))),
     )
     for col in ("group", "classes", "train imgs/class", "train inst", "val imgs/class", "val inst"):
         table.add_column(col, justify="left" if col == "group" else "right")
