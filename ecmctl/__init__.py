@@ -2,7 +2,7 @@
 
 Layers, imports pointing down only:
   cli       the `ecmctl` command (thin) and rich renderings
-  pipeline  stages: prepare, calibrate, train, evaluate, sweep, demo, report
+  pipeline  stages: prepare, calibrate, train, evaluate, sweep, demo (+ seeds: statistics over seeds), report
   launch    Task, local / torchrun / SLURM launchers, the worker entry point
   engine    mmengine/mmdet coupling: config builder, runners, hooks, metrics, compat
   losses    ECMLoss, ECMFocalLoss (mmdet registry) and their placement in detector configs

@@ -36,8 +36,8 @@ class World:
     def __init__(self, root: Path, data_root: Path) -> None:
         self.root = root
         self.data_root = data_root
-        self.ann = data_root / "synth" / "train.json"
-        self.val = data_root / "synth" / "val.json"
+        self.ann = data_root / "synth_tiny" / "train.json"
+        self.val = data_root / "synth_tiny" / "val.json"
         make_dataset(root / "other", num_classes=8, train_images=48, val_images=16, image_size=96, seed=1)
         self.other_ann = root / "other" / "train.json"
         self.counts = root / "counts.json"
@@ -62,9 +62,9 @@ class World:
         run.update(status="finished", checkpoint="iter_2.pth")
 
     def base(self, run_root: Path) -> list[str]:
-        return [f"data_root={self.data_root}", f"run_root={run_root}", "dataset.train_scale=[96,96]",
-                "dataset.test_scale=[96,96]", "schedule=smoke", "train.max_iters=2", "calibrate.max_iters=2",
-                "calibrate.min_iters=2"]
+        return [f"data_root={self.data_root}", f"run_root={run_root}", "dataset=synth_tiny",
+                "dataset.train_scale=[96,96]", "dataset.test_scale=[96,96]", "schedule=smoke", "train.max_iters=2",
+                "calibrate.max_iters=2", "calibrate.min_iters=2"]
 
     def inputs(self) -> tuple[Path, ...]:
         """Everything a failing command must leave as it was."""
@@ -570,8 +570,8 @@ def test_synth_output_onto_a_file(tmp_path):
 
 
 def test_synth_rewrites_its_own_dataset(tmp_path):
-    args = ["synth", tmp_path / "d", "--classes", "3", "--train-images", "4", "--val-images", "2",
-            "--image-size", "32"]
+    args = ["synth", tmp_path / "d", "--profile", "small", "--classes", "3", "--train-images", "4",
+            "--val-images", "2", "--image-size", "32"]
     assert invoke(args).exit_code == 0
     before = snapshot(tmp_path)
     res = invoke(args)

@@ -34,7 +34,7 @@ from ecmctl.pipeline.report import _fmt_r, calibration_markdown
 @pytest.fixture()
 def counts(overrides, data_root, tmp_path) -> Path:
     path = tmp_path / "counts.json"
-    write_counts(data_root / "synth" / "train.json", path, progress=False)
+    write_counts(data_root / "synth_tiny" / "train.json", path, progress=False)
     return path
 
 
@@ -178,7 +178,7 @@ def test_resume_of_a_copied_run_uses_its_own_checkpoint(tmp_path):
 def test_outputs_get_the_umask_mode(tmp_path, data_root):
     old = os.umask(0o022)
     try:
-        write_counts(data_root / "synth" / "train.json", tmp_path / "c.json", progress=False)
+        write_counts(data_root / "synth_tiny" / "train.json", tmp_path / "c.json", progress=False)
         atomic_write_json(tmp_path / "x.json", {"a": 1})
         run = RunDir(tmp_path / "run")
         run.path.mkdir()
@@ -215,14 +215,14 @@ def test_an_unwritable_path_anywhere_is_one_line(monkeypatch, tmp_path, data_roo
         raise PermissionError(13, "Permission denied", str(tmp_path / "c.json"))
 
     monkeypatch.setattr(counting, "atomic_write_json", denied)
-    assert_one_line(invoke(["count", data_root / "synth" / "train.json", "-o", tmp_path / "c.json"]),
+    assert_one_line(invoke(["count", data_root / "synth_tiny" / "train.json", "-o", tmp_path / "c.json"]),
                     "Permission denied")
 
     def bug(*args, **kwargs):
         raise ZeroDivisionError("a bug")
 
     monkeypatch.setattr(counting, "atomic_write_json", bug)
-    res = invoke(["count", data_root / "synth" / "train.json", "-o", tmp_path / "c.json"])
+    res = invoke(["count", data_root / "synth_tiny" / "train.json", "-o", tmp_path / "c.json"])
     assert res.exit_code == 1 and isinstance(res.exception, ZeroDivisionError)
 
 

@@ -16,20 +16,38 @@ pytestmark = pytest.mark.slow
 
 def test_reduced_demo_and_report(overrides, tmp_path):
     out = tmp_path / "demo"
-    res = CliRunner().invoke(app, ["demo", *overrides, "schedule=smoke", "train.max_iters=4", "--out", str(out)])
+    res = CliRunner().invoke(app, ["demo", *overrides, "schedule=smoke", "train.max_iters=4", "demo.seeds=[0,1]",
+                                   "--out", str(out)], terminal_width=120)
     assert res.exit_code == 0, res.output
     for stage in ("synth", "count", "calibrate", "train ecm", "eval ecm", "train bce", "eval bce", "report"):
         assert f"stage {stage}: " in res.output, stage
-    for col in ("BCE", "ECM", "Δ (ECM − BCE)", "bbox APr", "bbox APc", "bbox APf", "measured r"):
+    assert res.output.count("stage train ecm: ") == 2  # one per seed; calibrate once
+    for col in ("BCE", "ECM", "Δ ECM−BCE [95% CI]", "Δ per seed", "bbox APr", "bbox APc", "bbox APf",
+                "measured r", "synth_tiny (8 classes", "df = n − 1 = 1"):
         assert col in res.output, col
     summary = json.loads((out / "demo.json").read_text())
-    assert summary["schema"] == "ecmctl/demo@1" and summary["r"] > 0
+    assert summary["schema"] == "ecmctl/demo@1" and summary["r"] > 0 and summary["seeds"] == [0, 1]
     assert set(summary["mean"]) == {"ecm", "bce"}
+    assert summary["metrics"] == ["AP", "APr", "APc", "APf"] and "paired t-interval" in summary["interval"]
     # the test set is too small for a frequent group (> 100 images): APf is undefined there
     assert set(summary["mean"]["ecm"]["bbox"]) == {"AP", "APr", "APc"}
+    assert set(summary["stats"]["bbox"]) == {"AP", "APr", "APc"}
+    for key, st in summary["stats"]["bbox"].items():
+        d = st["diff"]
+        assert st["bce"]["n"] == st["ecm"]["n"] == 2 and d["n"] == 2 and d["df"] == 1, key
+        assert d["ci"][0] <= d["mean"] <= d["ci"][1]
+        assert d["values"] == [pytest.approx(e - b) for b, e in zip(st["bce"]["values"], st["ecm"]["values"],
+                                                                      strict=True)]
+        assert st["bce"]["mean"] == pytest.approx(summary["mean"]["bce"]["bbox"][key])
+    assert summary["dataset"]["name"] == "synth_tiny" and summary["dataset"]["classes"] == 8
+    groups = summary["groups"]["ecm"][0]  # per-group recall at the cap from the new metrics.json sections
+    assert set(groups) <= {"r", "c", "f"} and groups and all(0 <= g["recall"] <= 1 for g in groups.values())
     runs = [Path(summary["runs"][k][0]) for k in ("ecm", "bce")]
     for run in runs:
         assert (run / "metrics.json").is_file() and (run / "run.json").is_file()
+        m = json.loads((run / "metrics.json").read_text())
+        assert set(m["bbox_recall_per_class"]) == set(m["bbox_per_class"]) and len(m["bbox_per_class"]) == 8
+        assert set(m["bbox_tp_score_per_class"]) == set(m["bbox_per_class"])
     assert (out / "calibration" / "calibration.json").is_file()
     assert Path(summary["report"]).is_file()
     # the report command on the finished runs
@@ -38,7 +56,7 @@ def test_reduced_demo_and_report(overrides, tmp_path):
     assert res.exit_code == 0, res.output
     from ecmctl.pipeline.report import TITLES
 
-    for name in ("weights", "margins", "ap_by_group", "ap_per_class", "loss"):
+    for name in ("weights", "margins", "ap_by_group", "ap_per_class", "loss", "mechanism"):
         with Image.open(rep / f"{name}.png") as im:
             assert im.size[0] > 100 and im.text["Title"] == TITLES[name]
     assert "ap_by_group.png" in (rep / "report.md").read_text()

@@ -11,7 +11,7 @@ from PIL import Image
 
 from ecmctl.core.errors import UserError
 from ecmctl.ecm.weights import weights_document
-from ecmctl.pipeline.report import TITLES, load_train_log, report_summary, write_report
+from ecmctl.pipeline.report import TITLES, group_table, load_train_log, report_summary, write_report
 
 # 12 classes with a long tail: (name, frequency, instance_count, image_count)
 CLASSES = [("unicorn", "r", 2, 2), ("yak", "r", 4, 3), ("zebu", "r", 7, 6), ("axe", "c", 15, 12),
@@ -44,6 +44,19 @@ def _per_class(boost: float) -> dict:
     for i, (name, _, _, _) in enumerate(CLASSES):
         out[name] = None if name == "yak" else round(min(0.05 * i + boost * (12 - i) / 12, 0.95), 4)
     return out
+
+
+def _recall(lift: float) -> dict:
+    # recall at the cap grows with the class's count; the ECM run lifts the rare classes; yak has no val gt
+    return {name: None if name == "yak" else round(min(0.3 + 0.05 * i + (lift if f == "r" else 0.0), 1.0), 4)
+            for i, (name, f, _, _) in enumerate(CLASSES)}
+
+
+def _tp_score(lift: float) -> dict:
+    # ECM raises the rare classes' scores; zebu has no true positive in the baseline
+    return {name: (None if name == "yak" or (name == "zebu" and not lift)
+                   else round(0.2 + 0.05 * i + (lift if f == "r" else 0.0), 4))
+            for i, (name, f, _, _) in enumerate(CLASSES)}
 
 
 def _log_lines(start: int, stop: int, loss0: float, with_cls: bool = True) -> list[dict]:
@@ -83,7 +96,8 @@ def make_ecm_run(root: Path) -> Path:
     _dump(run / "metrics.json", {
         "schema": "ecmctl/metrics@1", "run": str(run), "checkpoint": str(run / "iter_600.pth"),
         "bbox": _box(0.262, 0.181, 0.243, 0.301), "segm": _box(0.251, 0.175, 0.236, 0.282),
-        "bbox_per_class": _per_class(0.2), "segm_per_class": _per_class(0.18)})
+        "bbox_per_class": _per_class(0.2), "segm_per_class": _per_class(0.18),
+        "bbox_recall_per_class": _recall(0.25), "bbox_tp_score_per_class": _tp_score(0.3)})
     _write_log(run, "20240501_120001", _log_lines(20, 340, 6.0))
     _write_log(run, "20240501_130000", _log_lines(320, 600, 6.0),  # resumed at 300: 320, 340 logged again
                extra=['{"coco/bbox_mAP": 0.2, "step": 600}', '{"loss": 1.0, "st'])  # eval line, cut-off line
@@ -102,7 +116,8 @@ def make_baseline_run(root: Path) -> Path:
         "inputs": {"counts": {"path": "/elsewhere/runs/x/inputs/synth.json", "sha256": "0" * 64}}})
     _dump(run / "metrics.json", {
         "schema": "ecmctl/metrics@1", "run": str(run), "checkpoint": str(run / "iter_600.pth"),
-        "bbox": _box(0.248, 0.102, 0.228, 0.305), "bbox_per_class": _per_class(0.0)})
+        "bbox": _box(0.248, 0.102, 0.228, 0.305), "bbox_per_class": _per_class(0.0),
+        "bbox_recall_per_class": _recall(0.0), "bbox_tp_score_per_class": _tp_score(0.0)})
     _write_log(run, "20240430_090001", _log_lines(20, 600, 6.4, with_cls=False))
     return run
 
@@ -118,7 +133,7 @@ def rendered(tmp_path_factory):
 def test_figures_are_pngs_with_titles(rendered):
     _, _, out, result = rendered
     assert set(result["figures"]) == set(TITLES) == {"weights", "margins", "ap_by_group", "ap_per_class",
-                                                     "loss"}
+                                                     "loss", "mechanism"}
     for name, path in result["figures"].items():
         assert path == out / f"{name}.png"
         with Image.open(path) as im:
@@ -171,7 +186,8 @@ def test_train_log_merges_resumes_and_skips_eval(rendered):
 def test_baseline_only_and_no_per_class(tmp_path):
     base = make_baseline_run(tmp_path)
     metrics = json.loads((base / "metrics.json").read_text())
-    del metrics["bbox_per_class"]
+    for key in ("bbox_per_class", "bbox_recall_per_class", "bbox_tp_score_per_class"):
+        del metrics[key]
     (base / "metrics.json").write_text(json.dumps(metrics))
     for f in base.glob("*/vis_data/scalars.json"):
         f.unlink()
@@ -179,6 +195,7 @@ def test_baseline_only_and_no_per_class(tmp_path):
     assert set(result["figures"]) == {"ap_by_group"}
     md = result["markdown"].read_text()
     assert "## Notes" in md and "eval.per_class=true" in md and "no run has ECM weights" in md
+    assert "recall-at-the-cap figure left out" in md and "## Recall at the cap" not in md
     assert "mask AP" not in md and "measured r" not in md
     with Image.open(result["figures"]["ap_by_group"]) as im:
         assert im.text["Title"] == TITLES["ap_by_group"]
@@ -221,3 +238,29 @@ def test_missing_input_and_no_runs(tmp_path):
         write_report([run], tmp_path / "out")
     with pytest.raises(UserError, match="at least one run"):
         write_report([], tmp_path / "out")
+
+
+def test_group_table_means_per_frequency_group():
+    freq = {name: f for name, f, _, _ in CLASSES}
+    metrics = {"bbox_recall_per_class": _recall(0.25), "bbox_tp_score_per_class": _tp_score(0.0)}
+    t = group_table(metrics, freq)
+    # rare: unicorn (i=0) and zebu (i=2); yak undefined. recall 0.3 + 0.05 i + 0.25
+    assert t["r"]["recall"] == pytest.approx((0.55 + 0.65) / 2) and t["r"]["recall_classes"] == 2
+    assert t["r"]["tp_score"] == pytest.approx(0.2) and t["r"]["tp_score_classes"] == 1  # zebu: no TP
+    assert t["c"]["recall"] == pytest.approx(sum(0.3 + 0.05 * i for i in range(3, 7)) / 4)
+    assert t["f"]["tp_score_classes"] == 5
+    assert group_table({"bbox_recall_per_class": {"unicorn": 0.5}}, freq) == {
+        "r": {"recall": 0.5, "recall_classes": 1}}
+    assert group_table({"bbox": {"AP": 0.3}}, freq) == {}  # the sections are optional
+    assert group_table(metrics, {}) == {}  # no frequency known for any class
+
+
+def test_mechanism_figure_and_table(rendered):
+    _, _, out, result = rendered
+    md = result["markdown"].read_text()
+    assert "![" + TITLES["mechanism"] + "](mechanism.png)" in md
+    rows = [line for line in md.splitlines() if line.startswith("| mask_rcnn") and line.count("|") == 8]
+    cells = [[c.strip() for c in r.strip().strip("|").split("|")] for r in rows]
+    # ECM: rare recall (0.55 + 0.65) / 2 = 60.0 %; baseline 35.0 %; baseline rare TP score from unicorn only
+    assert cells[0][:2] == ["mask_rcnn_tiny-ecm-synth", "60.0"] and cells[1][:2] == ["mask_rcnn_tiny-bce-synth", "35.0"]
+    assert cells[0][4] == "0.550" and cells[1][4] == "0.200"

@@ -147,7 +147,9 @@ def test_summary_and_table(small):
 
 @pytest.mark.parametrize(("kwargs", "option"), [
     (dict(num_classes=2), "--classes"),
-    (dict(num_classes=97), "--classes"),
+    (dict(num_classes=193), "--classes"),
+    (dict(profile="lvis"), "--train-images"),  # 60 images cannot hold a frequent class (> 100 images)
+    (dict(profile="huge"), "--profile"),
     (dict(train_images=0), "--train-images"),
     (dict(val_images=0), "--val-images"),
     (dict(num_classes=24, val_images=3), "--val-images"),
@@ -184,12 +186,14 @@ def test_config_keys_reach_the_generator(tmp_path):
     from ecmctl.core.config import compose
     from ecmctl.pipeline.prepare import ensure_dataset
 
-    cfg = compose([f"data_root={tmp_path}", "dataset.synth.classes=97", "dataset.synth.repeat_looks=true",
-                   "dataset.synth.train_images=17", "dataset.synth.val_images=17", "dataset.synth.image_size=48",
-                   "dataset.synth.image_height=32"])
+    cfg = compose([f"data_root={tmp_path}", "dataset.synth.profile=small", "dataset.synth.classes=200",
+                   "dataset.synth.repeat_looks=true", "dataset.synth.train_images=40", "dataset.synth.val_images=40",
+                   "dataset.synth.image_size=48", "dataset.synth.image_height=32"])
     ensure_dataset(cfg)
     d = _load(tmp_path / "synth" / "val.json")
-    assert len(d["categories"]) == 97 and {(i["width"], i["height"]) for i in d["images"]} == {(48, 32)}
+    assert len(d["categories"]) == 200 and {(i["width"], i["height"]) for i in d["images"]} == {(48, 32)}
+    names = [c["name"] for c in d["categories"]]
+    assert len(set(names)) == 200 and names[192] == names[0] + "_1"  # looks repeat beyond 192, named apart
 
 
 def test_out_dir_that_is_a_file_is_refused(tmp_path):
@@ -205,9 +209,155 @@ def test_cli_synth_writes_dataset(tmp_path):
     from ecmctl.cli import app
 
     out = tmp_path / "cli"
-    res = CliRunner().invoke(app, ["synth", str(out), "--classes", "4", "--train-images", "6",
+    res = CliRunner().invoke(app, ["synth", str(out), "--profile", "small", "--classes", "4", "--train-images", "6",
                                    "--val-images", "3", "--image-size", "32", "--seed", "5"])
     assert res.exit_code == 0, res.output
     assert (out / "train.json").is_file() and len(list((out / "val").glob("*.png"))) == 3
     res = CliRunner().invoke(app, ["synth", str(out), "--classes", "2"])
     assert res.exit_code == 2 and "--classes" in res.output
+
+
+# ---------------------------------------------------------------- the LVIS-like profile
+
+LVIS_SHARES = {"r": 337 / 1203, "c": 461 / 1203, "f": 405 / 1203}
+
+
+def _gini(x) -> float:
+    x = np.sort(np.asarray(x, dtype=float))
+    n = len(x)
+    return float((2 * np.arange(1, n + 1) - n - 1) @ x / (n * x.sum()))
+
+
+@pytest.mark.parametrize("classes", [12, 24, 96, 120, 192])
+def test_lvis_group_sizes_follow_lvis_shares(classes):
+    from ecmctl.dataset.synth import lvis_group_sizes
+
+    sizes = dict(zip("rcf", lvis_group_sizes(classes), strict=True))
+    assert sum(sizes.values()) == classes and min(sizes.values()) >= 1
+    for g, share in LVIS_SHARES.items():
+        assert abs(sizes[g] / classes - share) <= max(0.03, 0.6 / classes), (g, sizes)
+
+
+def test_lvis_default_design_is_a_scaled_down_lvis():
+    from ecmctl.dataset.lvis import builtin_counts
+    from ecmctl.dataset.synth import (
+        LVIS_CATEGORIES_PER_IMAGE,
+        PROFILES,
+        design_counts,
+        lvis_group_sizes,
+        lvis_train_targets,
+    )
+
+    d = PROFILES["lvis"]
+    counts, design = design_counts("lvis", d["classes"], d["train_images"])
+    targets, alpha = lvis_train_targets(d["classes"], d["train_images"])
+    assert (counts == targets).all()  # feasible as designed: nothing was clipped
+    groups = [lvis_frequency(int(n)) for n in counts]
+    assert tuple(groups.count(g) for g in "rcf") == lvis_group_sizes(d["classes"]) == (27, 37, 32)
+    for g, share in LVIS_SHARES.items():  # LVIS v1: 28 / 38 / 34 % of the classes
+        assert abs(groups.count(g) / len(groups) - share) < 0.02
+    # rare and common counts are real LVIS v1 counts at the group's mid-quantiles: same medians, same range
+    lvis = builtin_counts("lvis_v1")["categories"]
+    for g in ("r", "c"):
+        real = np.array([c["image_count"] for c in lvis if c["frequency"] == g])
+        ours = counts[np.array(groups) == g]
+        assert set(ours.tolist()) <= set(real.tolist())
+        assert abs(np.median(ours) - np.median(real)) <= 0.1 * np.median(real) + 1
+        assert np.percentile(ours, 90) == pytest.approx(np.percentile(real, 90), rel=0.15)
+    # frequent: LVIS's 101..1977 compressed in log space, just enough for LVIS's 3.6 categories per image
+    freq = counts[np.array(groups) == "f"]
+    assert 0 < alpha < 1 and freq.min() >= 101 and freq.max() <= round(101 * (1977 / 101) ** alpha) + 1
+    assert counts.sum() / d["train_images"] == pytest.approx(LVIS_CATEGORIES_PER_IMAGE, abs=0.01)
+    assert design == {"profile": "lvis", "frequent_alpha": round(alpha, 4),
+                      "categories_per_image": round(counts.sum() / d["train_images"], 3)}
+    # a heavy tail: the top tenth of the classes hold a fifth of the images, the bottom half under a tenth
+    order = np.sort(counts)[::-1]
+    assert order[: len(order) // 10].sum() / order.sum() > 0.2
+    assert order[len(order) // 2:].sum() / order.sum() < 0.10
+    assert 0.45 < _gini(counts) < 0.9  # LVIS v1 image counts: 0.77 (uncompressed frequent group)
+
+
+def test_lvis_compression_relaxes_with_more_images():
+    from ecmctl.dataset.synth import lvis_min_train_images, lvis_quantiles, lvis_train_targets
+
+    alphas = [lvis_train_targets(96, n)[1] for n in (lvis_min_train_images(96), 1600, 2400, 60_000)]
+    assert alphas[0] < 0.01 and alphas == sorted(alphas) and alphas[-1] == 1.0
+    targets, _ = lvis_train_targets(96, 60_000)  # no compression: LVIS's own frequent quantiles
+    from ecmctl.dataset.synth import lvis_image_counts
+
+    assert (targets[:32] == np.rint(lvis_quantiles(lvis_image_counts()["f"], 32))).all()
+
+
+@pytest.fixture(scope="module")
+def tiny_lvis(tmp_path_factory) -> dict:
+    # the smallest LVIS-profile set with every group: 12 classes (3 r, 5 c, 4 f)
+    from ecmctl.dataset.synth import lvis_min_train_images
+
+    n = lvis_min_train_images(12)
+    return make_dataset(tmp_path_factory.mktemp("lvis") / "ds", num_classes=12, train_images=n, val_images=24,
+                        image_size=48, seed=3, profile="lvis")
+
+
+def test_lvis_profile_dataset_is_deterministic_and_follows_its_design(tiny_lvis, tmp_path):
+    from ecmctl.dataset.synth import design_counts
+
+    again = make_dataset(tmp_path / "again", num_classes=12, train_images=tiny_lvis["splits"]["train"]["images"],
+                         val_images=24, image_size=48, seed=3, profile="lvis")
+    assert _tree_bytes(Path(again["out_dir"])) == _tree_bytes(Path(tiny_lvis["out_dir"]))
+    train = _load(tiny_lvis["train_json"])
+    assert train["info"]["description"] == "ecmctl synthetic long-tailed dataset (train, seed 3, profile lvis)"
+    counts, _ = design_counts("lvis", 12, len(train["images"]))
+    assert sorted(c["image_count"] for c in train["categories"]) == sorted(counts.tolist())
+    assert {g: len(v) for g, v in tiny_lvis["groups"].items()} == {"r": 3, "c": 5, "f": 4}
+    assert tiny_lvis["profile"] == "lvis" and tiny_lvis["design"]["frequent_alpha"] < 0.05  # the fewest images
+    assert {a["category_id"] for a in _load(tiny_lvis["val_json"])["annotations"]} == set(range(1, 13))
+
+
+def test_vocabulary_extends_past_96_classes_and_keeps_the_first_96(tmp_path):
+    from ecmctl.dataset.synth import COLOURS, MAX_CLASSES, SHAPES, class_specs
+
+    specs = class_specs(MAX_CLASSES)
+    assert MAX_CLASSES == 192 == len(set(specs)) == len({s.name for s in specs})
+    assert [s.name for s in specs[:3]] == ["red_circle", "green_square", "blue_triangle"]
+    assert specs[48].name == "striped_red_circle"
+    assert all(s.shape in SHAPES[:8] and s.colour in list(COLOURS)[:6] for s in specs[:96])
+    assert all(s.shape in SHAPES[8:] or s.colour in list(COLOURS)[6:] for s in specs[96:])
+    ds = make_dataset(tmp_path / "all", num_classes=192, train_images=40, val_images=40, image_size=64)
+    train = _load(ds["train_json"])
+    assert {a["category_id"] for a in train["annotations"]} == set(range(1, 193))
+    for a in train["annotations"]:
+        x, y, w, h = a["bbox"]
+        assert x >= 0 and y >= 0 and x + w <= 64 + 1e-6 and y + h <= 64 + 1e-6 and a["area"] > 0
+
+
+def test_a_different_synthetic_set_on_disk_is_refused(tmp_path, small):
+    import shutil
+
+    from ecmctl.core.config import compose
+    from ecmctl.pipeline.prepare import ensure_dataset
+
+    shutil.copytree(small["out_dir"], tmp_path / "synth_small")
+    same = [f"data_root={tmp_path}", "dataset=synth_small", "dataset.synth.classes=8",
+            "dataset.synth.train_images=60", "dataset.synth.val_images=20", "dataset.synth.image_size=64",
+            "dataset.synth.seed=1"]
+    ensure_dataset(compose(same))  # the configured set: accepted as it is
+    for change, what in (("dataset.synth.classes=24", "classes 8"), ("dataset.synth.seed=0", "seed 1"),
+                         ("dataset.synth.profile=lvis", "description")):
+        with pytest.raises(UserError, match=f"holds a different synthetic set: .*{what}"):
+            ensure_dataset(compose([*same, change]))
+
+
+def test_cli_synth_profiles(tmp_path):
+    from typer.testing import CliRunner
+
+    from ecmctl.cli import app
+
+    res = CliRunner().invoke(app, ["synth", "--help"])
+    assert res.exit_code == 0 and "--profile" in res.output and "lvis" in res.output
+    out = tmp_path / "lvis"
+    res = CliRunner().invoke(app, ["synth", str(out), "--profile", "lvis", "--classes", "12", "--train-images",
+                                   "170", "--val-images", "12", "--image-size", "32"])
+    assert res.exit_code == 0, res.output
+    assert "profile lvis" in _load(out / "train.json")["info"]["description"] and "compressed" in res.output
+    res = CliRunner().invoke(app, ["synth", str(tmp_path / "x"), "--profile", "lvis", "--train-images", "100"])
+    assert res.exit_code == 2 and "--train-images" in res.output

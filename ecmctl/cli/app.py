@@ -102,10 +102,21 @@ def info() -> None:
 @user_errors
 def synth(
     out_dir: Path = typer.Argument(..., help="Directory to write train/, val/ (images), train.json and val.json into."),
-    classes: int = typer.Option(24, "--classes", help="Number of categories."),
-    train_images: int = typer.Option(400, "--train-images", help="Number of training images."),
-    val_images: int = typer.Option(120, "--val-images", help="Number of validation images."),
-    image_size: int = typer.Option(128, "--image-size", help="Width of the images in pixels."),
+    profile: str = typer.Option(
+        "lvis", "--profile",
+        help="How per-class train image counts are designed. [bold]lvis[/]: a scaled-down LVIS v1: LVIS's "
+             "rare/common/frequent class shares (28/38/34 %), each class's count drawn from LVIS v1's per-group "
+             "quantiles, the frequent group's spread compressed so that images hold LVIS's 3.6 categories on "
+             "average (defaults: 96 classes, 1600 train, 320 val images). [bold]small[/]: a third of the classes "
+             "per group, log-spaced (defaults: 24 classes, 400 train, 120 val images)."),
+    classes: int | None = typer.Option(None, "--classes", help="Number of categories, up to 192 "
+                                       "(12 shapes x 8 colours x 2 textures). Default: the profile's."),
+    train_images: int | None = typer.Option(None, "--train-images", help="Number of training images. "
+                                            "Default: the profile's."),
+    val_images: int | None = typer.Option(None, "--val-images", help="Number of validation images. "
+                                          "Default: the profile's."),
+    image_size: int | None = typer.Option(None, "--image-size", help="Side of the square images in pixels "
+                                          "(default 128)."),
     image_height: int | None = typer.Option(None, "--image-height", help="Height in pixels (default: square)."),
     seed: int = typer.Option(0, "--seed", help="Random seed; the same seed gives byte-identical files."),
     repeat_looks: bool = typer.Option(False, "--repeat-looks",
@@ -113,8 +124,9 @@ def synth(
 ) -> None:
     """Write a deterministic long-tailed dataset in LVIS v1 format.
 
-    Examples: ecmctl synth data/synth --classes 24 --train-images 400 --seed 0;
-    ecmctl synth data/lvis_size --classes 1203 --repeat-looks --image-size 200 --image-height 120
+    Examples: ecmctl synth data/synth  (the LVIS-like default, as dataset=synth);
+    ecmctl synth data/synth_small --profile small  (as dataset=synth_small);
+    ecmctl synth data/lvis_size --classes 1203 --repeat-looks --image-size 200 --image-height 120 --train-images 400
     """
     from ecmctl.cli.render import synth_table
     from ecmctl.dataset.synth import make_dataset
@@ -122,7 +134,8 @@ def synth(
 
     check_synth_out(out_dir)  # never replaces a real dataset's annotations
     summary = make_dataset(out_dir, num_classes=classes, train_images=train_images, val_images=val_images,
-                           image_size=image_size, image_height=image_height, seed=seed, repeat_looks=repeat_looks)
+                           image_size=image_size, image_height=image_height, seed=seed, profile=profile,
+                           repeat_looks=repeat_looks)
     console.print(synth_table(summary))
 
 

@@ -38,6 +38,16 @@ def info_table(info: dict) -> Table:
     return table
 
 
+def _design_line(design: dict | None) -> str:
+    if not design:
+        return ""
+    line = f"\nprofile {design['profile']}: {design['categories_per_image']} categories per train image"
+    if "frequent_alpha" in design:
+        line += (f"; LVIS v1's frequent counts compressed as 101 * (n / 101) ** {design['frequent_alpha']}"
+                 " (1 = as in LVIS)")
+    return line
+
+
 def synth_table(summary: dict[str, Any]) -> Table:
     """One row per LVIS frequency group: how long the tail is and how well val covers it."""
     sp = summary["splits"]
@@ -46,7 +56,7 @@ def synth_table(summary: dict[str, Any]) -> Table:
         caption=(f"train: {sp['train']['images']} images, {sp['train']['annotations']} annotations "
                  f"-> {summary['train_json']}\n"
                  f"val: {sp['val']['images']} images, {sp['val']['annotations']} annotations "
-                 f"-> {summary['val_json']}"),
+                 f"-> {summary['val_json']}" + _design_line(summary.get("design"))),
     )
     for col in ("group", "classes", "train imgs/class", "train inst", "val imgs/class", "val inst"):
         table.add_column(col, justify="left" if col == "group" else "right")
@@ -198,22 +208,50 @@ def _pct(v: float | None) -> str:
     return "-" if v is None else f"{100 * v:.1f}"
 
 
+def _mean_sd(summary: dict) -> str:
+    """"59.3 ± 2.1" in %, "59.3" for one seed, "-" when undefined on every seed."""
+    if summary.get("mean") is None:
+        return "-"
+    sd = summary.get("sd")
+    return f"{100 * summary['mean']:.1f}" + ("" if sd is None else f" ± {100 * sd:.1f}")
+
+
+def _signed(v: float | None) -> str:
+    return "-" if v is None else f"{100 * v:+.1f}"
+
+
 def demo_table(summary: dict):
-    """ECM vs BCE (mean over seeds) with deltas, the measured r and the time per stage."""
+    """ECM vs BCE over seeds: each as mean ± sd, the mean paired difference with its t-interval and the
+    per-seed differences, one row per metric of summary["metrics"]; the measured r and the stage times."""
+    from rich import box
 
     lo, hi = summary["ci95"] or (float("nan"), float("nan"))
-    n = len(summary["seeds"])
-    table = Table(title=f"ECM vs BCE on the synthetic long-tailed set, mean of {n} seed(s); "
-                        f"measured r = {summary['r']:.3f} [{lo:.3f}, {hi:.3f}]")
-    for col in ("metric", "BCE", "ECM", "Δ (ECM − BCE)"):
-        table.add_column(col, justify="left" if col == "metric" else "right")
-    ecm, bce = summary["mean"]["ecm"], summary["mean"]["bce"]
-    for iou in [i for i in ("bbox", "segm") if i in ecm or i in bce]:
-        for key in GROUP_KEYS:  # a group without classes in val shows "-"
-            b, e = bce.get(iou, {}).get(key), ecm.get(iou, {}).get(key)
-            delta = "-" if b is None or e is None else f"{100 * (e - b):+.1f}"
-            table.add_row(f"{iou} {key}", _pct(b), _pct(e), delta)
-    table.caption = "stage seconds: " + ", ".join(f"{k} {v:.0f}" for k, v in summary["stage_seconds"].items())
+    seeds = summary["seeds"]
+    ds = summary.get("dataset") or {}
+    groups = ds.get("groups") or {}
+    what = (f"{ds['name']} ({ds['classes']} classes: " + ", ".join(f"{groups.get(g, 0)} {g}" for g in "rcf") + ")"
+            if ds else "the synthetic long-tailed set")
+    table = Table(title=f"ECM vs BCE on {what}, {len(seeds)} seed(s); measured r = {summary['r']:.3f} "
+                        f"[{lo:.3f}, {hi:.3f}]", box=box.SIMPLE_HEAD, pad_edge=False)
+    for col in ("metric", "BCE", "ECM", "Δ ECM−BCE [95% CI]", "Δ per seed"):
+        table.add_column(col, justify="left" if col == "metric" else "right", no_wrap=col != "Δ per seed")
+    for iou, rows in summary["stats"].items():
+        for key in summary.get("metrics") or list(rows):
+            st = rows.get(key)
+            if st is None:  # no run reports it
+                table.add_row(f"{iou} {key}", "-", "-", "-", "-")
+                continue
+            d = st["diff"]
+            ci = "" if not d.get("ci") else f" [{_signed(d['ci'][0])}, {_signed(d['ci'][1])}]"
+            table.add_row(f"{iou} {key}", _mean_sd(st["bce"]), _mean_sd(st["ecm"]), _signed(d["mean"]) + ci,
+                          " ".join(_signed(v) for v in d["values"]))
+    n = max((st["diff"]["n"] for rows in summary["stats"].values() for st in rows.values()), default=0)
+    interval = (f"its 95% t-interval (df = n − 1 = {n - 1})" if n >= 2 else "no interval (one seed)")
+    times = summary["stage_seconds"]
+    table.caption = (f"AP in %. BCE, ECM: mean ± sd over seeds {', '.join(map(str, seeds))}. Δ: ECM − BCE paired "
+                     f"by seed: its mean, {interval} and each seed's Δ; '-': undefined (e.g. no class of the "
+                     "group in val).\nstage seconds: " + ", ".join(f"{k} {v:.0f}" for k, v in times.items())
+                     + f"; total {sum(times.values()):.0f}")
     return table
 
 

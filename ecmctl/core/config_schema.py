@@ -35,6 +35,7 @@ def rule(default: Any = MISSING, *, ge: float | None = None, gt: float | None = 
 
 @dataclass
 class SynthConf:
+    profile: str = rule("small", choices=("lvis", "small"))  # how per-class counts are designed (ecmctl synth)
     classes: int = rule(24, ge=3)
     train_images: int = rule(400, ge=1)
     val_images: int = rule(120, ge=1)

@@ -2,9 +2,16 @@
 
 Why: the whole count -> calibrate -> train -> eval pipeline must be runnable (and testable) in minutes on a
 CPU without downloading LVIS. Each class is a (shape, colour, texture) combination, so a tiny detector
-trained from scratch can learn it from appearance; class frequencies follow a designed long tail so that
-LVIS's rule on TRAIN image counts (rare 1-10, common 11-100, frequent > 100) yields all three groups with
-the defaults. Images live at OUT_DIR/{split}/{file_name} and `coco_url` is
+trained from scratch can learn it from appearance. LVIS's rule on TRAIN image counts (rare 1-10, common
+11-100, frequent > 100) is kept as is; two profiles design the per-class train image counts:
+
+  small  a third of the classes in each band, log-spaced (24 classes / 400 images: 8 r, 8 c, 8 f);
+  lvis   a scaled-down LVIS v1: the r/c/f class shares of LVIS v1 (337/461/405 of 1203), each class's
+         count drawn from the real per-group quantiles of LVIS v1 train image counts (rare and common
+         as they are, the frequent group's 101..1977 range compressed in log space just enough that the
+         images hold LVIS's 3.6 categories each on average). See `lvis_train_targets`.
+
+Images live at OUT_DIR/{split}/{file_name} and `coco_url` is
 http://images.cocodataset.org/{split}/{file_name}, the layout mmdet 3.3's LVISV1Dataset expects with
 data_root=OUT_DIR, data_prefix=dict(img='').
 """
@@ -14,7 +21,7 @@ from __future__ import annotations
 import json
 import math
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -25,21 +32,28 @@ from ecmctl.core.errors import UserError
 from ecmctl.core.io import atomic_write_text
 from ecmctl.dataset.lvis import frequency_group
 
-SHAPES: tuple[str, ...] = ("circle", "square", "triangle", "ring", "cross", "star", "diamond", "bar")
-COLOURS: dict[str, tuple[int, int, int]] = {  # RGB, saturated and far apart in hue
+SHAPES: tuple[str, ...] = ("circle", "square", "triangle", "ring", "cross", "star", "diamond", "bar",
+                           "crescent", "arrow", "hourglass", "semicircle")
+COLOURS: dict[str, tuple[int, int, int]] = {  # RGB, saturated and far apart in hue (white: far in value)
     "red": (225, 35, 35),
     "green": (35, 195, 45),
     "blue": (45, 75, 235),
     "yellow": (240, 220, 30),
     "magenta": (215, 45, 215),
     "cyan": (30, 210, 225),
+    "orange": (245, 135, 20),
+    "white": (238, 238, 238),
 }
 TEXTURES: tuple[str, ...] = ("solid", "striped")
-MAX_CLASSES = len(SHAPES) * len(COLOURS) * len(TEXTURES)
+# The first 96 classes use the original 8 shapes x 6 colours, in their original order, so sets of up to 96
+# classes are byte-identical to those of earlier versions; later classes add the 4 shapes and 2 colours.
+BASE_SHAPES, BASE_COLOURS = 8, 6
+MAX_CLASSES = len(SHAPES) * len(COLOURS) * len(TEXTURES)  # 192
 MAX_OBJECTS = 6  # objects per image (and distinct classes per image)
 MIN_SIDE, MAX_SIDE = 0.12, 0.5  # object size as a fraction of the image side
 MAX_OVERLAP = 0.2  # intersection / smaller box area: occlusion allowed but limited
 DUPLICATE_PROB = 0.1  # chance that a class present in an image gets a second instance
+SYNTH_DESCRIPTION = "ecmctl synthetic long-tailed dataset"
 COCO_PREFIX = "http://images.cocodataset.org/"  # stripped by mmdet's LVISV1Dataset
 DATE = "2024-01-01 00:00:00"  # fixed, so that files are byte-identical across runs
 LICENSE = {"id": 1, "name": "CC0 1.0", "url": "https://creativecommons.org/publicdomain/zero/1.0/"}
@@ -69,8 +83,10 @@ class ClassSpec:
 
 
 def _check_args(out_dir: Path, num_classes: int, train_images: int, val_images: int, image_size: int,
-                image_height: int, seed: int, repeat_looks: bool) -> None:
+                image_height: int, seed: int, profile: str = "small", repeat_looks: bool = False) -> None:
     """Refuse impossible requests up front, naming the CLI option and the fix."""
+    if profile not in PROFILES:
+        raise UserError(f"--profile must be one of {', '.join(PROFILES)}, got {profile!r}")
     if num_classes < 3:
         raise UserError(f"--classes must be at least 3 (one per frequency group r/c/f), got {num_classes}")
     if num_classes > MAX_CLASSES and not repeat_looks:
@@ -88,6 +104,13 @@ def _check_args(out_dir: Path, num_classes: int, train_images: int, val_images: 
             raise UserError(f"{opt} must be at least 32 pixels, got {n}")
     if seed < 0:
         raise UserError(f"--seed must be a non-negative integer, got {seed}")
+    if profile == "lvis":
+        need = lvis_min_train_images(num_classes)
+        if train_images < need:
+            raise UserError(f"--train-images {train_images} is too few for {num_classes} classes with --profile "
+                            f"lvis: its {lvis_group_sizes(num_classes)[2]} frequent classes need more than 100 "
+                            f"images each at {LVIS_CATEGORIES_PER_IMAGE:.1f} categories per image; use at "
+                            f"least {need} or lower --classes")
     if out_dir.exists() and not out_dir.is_dir():
         raise UserError(f"{out_dir}: exists and is not a directory; remove it or choose another OUT_DIR")
 
@@ -95,20 +118,40 @@ def _check_args(out_dir: Path, num_classes: int, train_images: int, val_images: 
 # ---------------------------------------------------------------- classes and counts
 
 
-def class_specs(num_classes: int) -> list[ClassSpec]:
-    """The first `num_classes` categories, interleaved so any prefix mixes shapes and colours.
+def _looks(num_classes: int) -> list[ClassSpec]:
+    """The first `num_classes` (at most MAX_CLASSES) looks, interleaved so any prefix mixes shapes and colours.
 
-    Beyond MAX_CLASSES the looks repeat (numbered names): LVIS's 1203 classes for speed tests, where
-    no detector could tell the repeats apart.
+    The first 96 are the original vocabulary (8 shapes x 6 colours x 2 textures) in the original order;
+    the next 96 are every combination with one of the added shapes or colours, in the same kind of
+    interleaving (shape fastest, colour shifted by one per round), solid first.
     """
+    colours = list(COLOURS)
     specs = []
-    n_sc = len(SHAPES) * len(COLOURS)
-    for k in range(num_classes):
-        j, texture = k % n_sc, TEXTURES[k // n_sc % len(TEXTURES)]
-        shape = j % len(SHAPES)
-        colour = (shape + j // len(SHAPES)) % len(COLOURS)  # a distinct colour per shape within a texture
-        specs.append(ClassSpec(SHAPES[shape], list(COLOURS)[colour], texture, k // MAX_CLASSES))
+    n_sc = BASE_SHAPES * BASE_COLOURS
+    for k in range(min(num_classes, n_sc * len(TEXTURES))):
+        j, texture = k % n_sc, TEXTURES[k // n_sc]
+        shape = j % BASE_SHAPES
+        colour = (shape + j // BASE_SHAPES) % BASE_COLOURS  # a distinct colour per shape within a texture
+        specs.append(ClassSpec(SHAPES[shape], colours[colour], texture))
+    base = set(specs)
+    for texture in TEXTURES:
+        for shift in range(len(colours)):
+            for shape in range(len(SHAPES)):
+                if len(specs) >= num_classes:
+                    return specs
+                spec = ClassSpec(SHAPES[shape], colours[(shape + shift) % len(colours)], texture)
+                if shape >= BASE_SHAPES or (shape + shift) % len(colours) >= BASE_COLOURS:
+                    assert spec not in base
+                    specs.append(spec)
     return specs
+
+
+def class_specs(num_classes: int) -> list[ClassSpec]:
+    """The first `num_classes` categories. Beyond MAX_CLASSES the looks repeat under numbered names
+    (repeat_looks): LVIS's 1203 classes for speed tests, where no detector could tell the repeats apart."""
+    looks = _looks(min(num_classes, MAX_CLASSES))
+    return [looks[k] if k < MAX_CLASSES else replace(looks[k % MAX_CLASSES], repeat=k // MAX_CLASSES)
+            for k in range(num_classes)]
 
 
 def class_names(num_classes: int) -> list[str]:
@@ -132,6 +175,76 @@ def train_targets(num_classes: int, n_images: int) -> np.ndarray:
     c = np.geomspace(0.225 * n_images, 0.03 * n_images, n_c)
     r = np.geomspace(min(10.0, max(1.0, c[-1] if n_c else 10.0)), 1.0, n_r)
     return np.rint(np.concatenate([f, c, r])).astype(int)
+
+
+# LVIS v1 train: 100,170 images, 1203 categories, sum of per-category image counts 360,952 (3.6 per image).
+LVIS_TRAIN_IMAGES = 100_170
+LVIS_CATEGORIES_PER_IMAGE = 360_952 / LVIS_TRAIN_IMAGES
+FREQUENT_MIN = 101  # LVIS's rule: frequent means more than 100 training images
+
+
+def lvis_image_counts() -> dict[str, np.ndarray]:
+    """LVIS v1 train image counts per category, sorted ascending, by frequency group (r, c, f)."""
+    from ecmctl.dataset.lvis import builtin_counts
+
+    cats = builtin_counts("lvis_v1")["categories"]
+    return {g: np.sort([c["image_count"] for c in cats if c["frequency"] == g]) for g in ("r", "c", "f")}
+
+
+def lvis_group_sizes(num_classes: int) -> tuple[int, int, int]:
+    """(rare, common, frequent) class counts in LVIS v1's proportions (337/461/405 of 1203), each >= 1."""
+    counts = lvis_image_counts()
+    total = sum(len(v) for v in counts.values())
+    n_r = max(1, round(num_classes * len(counts["r"]) / total))
+    n_c = max(1, round(num_classes * len(counts["c"]) / total))
+    return n_r, n_c, num_classes - n_r - n_c
+
+
+def lvis_quantiles(values: np.ndarray, n: int) -> np.ndarray:
+    """n real values of a sorted sample at the mid-quantiles (i + 0.5) / n, largest first."""
+    probs = (np.arange(n) + 0.5) / n
+    return np.quantile(values, probs, method="inverted_cdf")[::-1].astype(float)
+
+
+def _frequent_counts(q: np.ndarray, alpha: float) -> np.ndarray:
+    """LVIS frequent counts compressed in log space towards 101: 101 * (q / 101) ** alpha."""
+    return np.maximum(FREQUENT_MIN, np.rint(FREQUENT_MIN * (q / FREQUENT_MIN) ** alpha)).astype(int)
+
+
+def lvis_min_train_images(num_classes: int) -> int:
+    """The fewest train images the lvis profile can hold `num_classes` in (every frequent class at 101)."""
+    counts = lvis_image_counts()
+    n_r, n_c, n_f = lvis_group_sizes(num_classes)
+    slots = (np.rint(lvis_quantiles(counts["r"], n_r)).sum() + np.rint(lvis_quantiles(counts["c"], n_c)).sum()
+             + FREQUENT_MIN * n_f)
+    return max(FREQUENT_MIN if n_f else 1, math.ceil(slots / LVIS_CATEGORIES_PER_IMAGE))
+
+
+def lvis_train_targets(num_classes: int, n_images: int) -> tuple[np.ndarray, float]:
+    """Designed train image counts by rank (largest first) of a scaled-down LVIS v1, and the compression.
+
+    - Group sizes: LVIS v1's class shares (`lvis_group_sizes`).
+    - Rare and common classes: the real LVIS v1 image counts at each group's mid-quantiles. The rule's
+      thresholds (10, 100) are absolute, so these bands need no rescaling.
+    - Frequent classes: LVIS v1's frequent counts (101..1977) at the mid-quantiles, mapped to
+      101 * (q / 101) ** alpha: the same shape in log space, compressed towards 101. alpha in [0, 1] is the
+      largest value at which the images hold at most LVIS's 3.6 categories each (alpha = 1: no compression).
+    """
+    counts = lvis_image_counts()
+    n_r, n_c, n_f = lvis_group_sizes(num_classes)
+    rare = np.rint(lvis_quantiles(counts["r"], n_r)).astype(int)
+    common = np.rint(lvis_quantiles(counts["c"], n_c)).astype(int)
+    q_f = lvis_quantiles(counts["f"], n_f)
+    budget = LVIS_CATEGORIES_PER_IMAGE * n_images - rare.sum() - common.sum()
+    lo, hi = 0.0, 1.0
+    if _frequent_counts(q_f, hi).sum() <= budget:
+        lo = hi
+    else:
+        for _ in range(40):  # bisection: the total is non-decreasing in alpha
+            mid = (lo + hi) / 2
+            lo, hi = (mid, hi) if _frequent_counts(q_f, mid).sum() <= budget else (lo, mid)
+    frequent = np.minimum(_frequent_counts(q_f, lo), n_images)
+    return np.concatenate([frequent, common, rare]), float(lo)
 
 
 def val_targets(train_counts: np.ndarray, n_images: int) -> np.ndarray:
@@ -209,6 +322,20 @@ def _unit_polygons(shape: str) -> list[np.ndarray]:
                           [-1, h], [-1, -h], [-h, -h]], dtype=float)]
     if shape == "bar":
         return [np.array([[-1.0, -0.33], [1.0, -0.33], [1.0, 0.33], [-1.0, 0.33]])]
+    if shape == "crescent":  # the unit disc minus a disc of radius 0.97 centred at (0.6, 0), tips at +-70 deg
+        outer = np.deg2rad(np.linspace(70.0, 290.0, 23))
+        inner = np.deg2rad(np.linspace(254.7, 105.3, 17))
+        pts = np.concatenate([np.stack([np.cos(outer), np.sin(outer)], 1),
+                              np.stack([0.6 + 0.9745 * np.cos(inner), 0.9745 * np.sin(inner)], 1)])
+        return [pts + [0.33, 0.0]]
+    if shape == "arrow":
+        return [np.array([[-1.0, -0.22], [0.2, -0.22], [0.2, -0.65], [1.0, 0.0], [0.2, 0.65], [0.2, 0.22],
+                          [-1.0, 0.22]])]
+    if shape == "hourglass":
+        return [np.array([[-0.8, -1.0], [0.8, -1.0], [0.12, 0.0], [0.8, 1.0], [-0.8, 1.0], [-0.12, 0.0]])]
+    if shape == "semicircle":  # the upper half disc, centred on its box
+        a = np.linspace(np.pi, 2 * np.pi, 17)
+        return [np.stack([np.cos(a), np.sin(a) + 0.5], 1)]
     raise ValueError(f"unknown shape {shape!r}")
 
 
@@ -373,10 +500,17 @@ def category_records(specs: list[ClassSpec], train_anns: list[dict]) -> list[dic
     return cats
 
 
-def _dataset_json(split: str, images: list[dict], anns: list[dict], cats: list[dict], seed: int) -> str:
+def describe(split: str, seed: int, profile: str) -> str:
+    """info.description of a generated file; the small profile keeps the wording of earlier versions."""
+    extra = "" if profile == "small" else f", profile {profile}"
+    return f"{SYNTH_DESCRIPTION} ({split}, seed {seed}{extra})"
+
+
+def _dataset_json(split: str, images: list[dict], anns: list[dict], cats: list[dict], seed: int,
+                  profile: str = "small") -> str:
     """Compact JSON with a fixed key order: identical arguments give identical bytes."""
     info = {
-        "description": f"ecmctl synthetic long-tailed dataset ({split}, seed {seed})",
+        "description": describe(split, seed, profile),
         "url": "", "version": "1.0", "year": 2024, "contributor": "ecmctl synth", "date_created": DATE,
     }
     obj = {"info": info, "licenses": [LICENSE], "images": images, "annotations": anns, "categories": cats}
@@ -394,22 +528,49 @@ def _split_counts(anns: list[dict], num_classes: int) -> tuple[list[int], list[i
 # ---------------------------------------------------------------- entry points
 
 
-def make_dataset(out_dir: str | os.PathLike, num_classes: int = 24, train_images: int = 400,
-                 val_images: int = 120, image_size: int = 128, seed: int = 0, image_height: int | None = None,
+# Each profile's defaults (`ecmctl synth --profile P`, conf/dataset/synth*.yaml). lvis: 96 classes (27 r,
+# 37 c, 32 f), 1600 train images (the frequent group needs > 100 images per class), val 0.2x train as in
+# LVIS v1 (19,809 val / 100,170 train images).
+PROFILES: dict[str, dict[str, int]] = {
+    "lvis": {"classes": 96, "train_images": 1600, "val_images": 320, "image_size": 128},
+    "small": {"classes": 24, "train_images": 400, "val_images": 120, "image_size": 128},
+}
+
+
+def design_counts(profile: str, num_classes: int, train_images: int) -> tuple[np.ndarray, dict]:
+    """Feasible train image counts by rank (largest first) for a profile, and a record of the design."""
+    if profile == "lvis":
+        targets, alpha = lvis_train_targets(num_classes, train_images)
+        counts = fit_counts(targets, train_images, mean_load=LVIS_CATEGORIES_PER_IMAGE)
+        return counts, {"profile": profile, "frequent_alpha": round(alpha, 4),
+                        "categories_per_image": round(float(counts.sum()) / train_images, 3)}
+    counts = fit_counts(train_targets(num_classes, train_images), train_images)
+    return counts, {"profile": profile, "categories_per_image": round(float(counts.sum()) / train_images, 3)}
+
+
+def make_dataset(out_dir: str | os.PathLike, num_classes: int | None = None, train_images: int | None = None,
+                 val_images: int | None = None, image_size: int | None = None, seed: int = 0,
+                 profile: str = "small", image_height: int | None = None,
                  repeat_looks: bool = False) -> dict[str, Any]:
     """Write OUT_DIR/{train,val}/*.png and OUT_DIR/{train,val}.json; return a summary.
 
-    Images are `image_size` wide and `image_height` (default: `image_size`) high. JSON files are written
-    last and atomically, so their presence means the images are complete.
+    Sizes left as None take the profile's defaults (PROFILES). Images are `image_size` wide and
+    `image_height` (default: `image_size`) high. JSON files are written last and atomically, so their
+    presence means the images are complete.
     """
     out = Path(out_dir)
+    defaults = PROFILES.get(profile, PROFILES["small"])
+    num_classes = defaults["classes"] if num_classes is None else num_classes
+    train_images = defaults["train_images"] if train_images is None else train_images
+    val_images = defaults["val_images"] if val_images is None else val_images
+    image_size = defaults["image_size"] if image_size is None else image_size
     height = image_size if image_height is None else image_height
-    _check_args(out, num_classes, train_images, val_images, image_size, height, seed, repeat_looks)
+    _check_args(out, num_classes, train_images, val_images, image_size, height, seed, profile, repeat_looks)
     out.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
     specs = class_specs(num_classes)
     rank_to_class = rng.permutation(num_classes)  # which class gets which place in the long tail
-    t_rank = fit_counts(train_targets(num_classes, train_images), train_images)
+    t_rank, design = design_counts(profile, num_classes, train_images)
     v_rank = fit_counts(val_targets(t_rank, val_images), val_images)
     t_counts, v_counts = np.empty_like(t_rank), np.empty_like(v_rank)
     t_counts[rank_to_class], v_counts[rank_to_class] = t_rank, v_rank
@@ -426,7 +587,7 @@ def make_dataset(out_dir: str | os.PathLike, num_classes: int = 24, train_images
     cats = category_records(specs, splits["train"][1])
     paths = {}
     for split, (images, anns) in splits.items():
-        text = _dataset_json(split, images, anns, cats, seed)
+        text = _dataset_json(split, images, anns, cats, seed, profile)
         paths[split] = atomic_write_text(out / f"{split}.json", text)
 
     t_inst, t_imgs = _split_counts(splits["train"][1], num_classes)
@@ -436,6 +597,8 @@ def make_dataset(out_dir: str | os.PathLike, num_classes: int = 24, train_images
         "train_json": str(paths["train"]), "val_json": str(paths["val"]),
         "train_images_dir": str(out / "train"), "val_images_dir": str(out / "val"),
         "num_classes": num_classes, "image_size": image_size, "image_height": height, "seed": seed,
+        "profile": profile,
+        "design": design,
         "splits": {s: {"images": len(im), "annotations": len(an)} for s, (im, an) in splits.items()},
         "groups": {g: [c["name"] for c in cats if c["frequency"] == g] for g in ("r", "c", "f")},
         "classes": [

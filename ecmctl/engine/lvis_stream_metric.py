@@ -34,10 +34,8 @@ from mmengine.registry import METRICS
 from ecmctl.engine.compat import scope_registry
 from ecmctl.evaluation.detections import DetectionWriter, rank_path
 from ecmctl.evaluation.gt import load_gt
-from ecmctl.evaluation.params import IOU_TYPES, MAX_DETS, PROTOCOLS, TOPK
+from ecmctl.evaluation.params import IOU_TYPES, MAX_DETS, PER_CLASS_KEYS, PROTOCOLS, TOPK
 from ecmctl.evaluation.streaming import StreamingLVISEval, objects
-
-PER_CLASS = "class_AP"
 
 
 class StreamingLVISMetric(BaseMetric):
@@ -117,9 +115,10 @@ class StreamingLVISMetric(BaseMetric):
 def _flat(prefix: str, summary: dict, classwise: bool) -> dict[str, float]:
     out = {f"{prefix}_{k}": float(v) for k, v in summary.items()
            if isinstance(v, (int, float)) and not isinstance(v, bool)}
-    if classwise and "per_class" in summary:
-        out.update({f"{prefix}_{PER_CLASS}/{name}": (math.nan if v < 0 else v)
-                    for name, v in summary["per_class"].items()})
+    if classwise:
+        for section, key in PER_CLASS_KEYS.items():
+            out.update({f"{prefix}_{key}/{name}": (math.nan if v < 0 else v)
+                        for name, v in summary.get(section, {}).items()})
     return out
 
 

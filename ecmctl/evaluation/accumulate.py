@@ -156,3 +156,19 @@ def summary(precision: np.ndarray, recall: np.ndarray | None, freq_groups: list[
 def per_class_ap(precision: np.ndarray, names: list[str]) -> dict[str, float]:
     """AP per category over area 'all' (mmdet/detectron2's classwise AP from eval['precision']), -1 if none."""
     return {name: _mean_defined(precision[:, :, k, 0]) for k, name in enumerate(names)}
+
+
+def per_class_recall(recall: np.ndarray, names: list[str]) -> dict[str, float]:
+    """Recall at the detection cap per category (area 'all', mean over the IoU thresholds: lvis-api's AR of
+    that class), -1 if the class has no ground truth: how many of a class's objects survive the cap."""
+    return {name: _mean_defined(recall[:, k, 0]) for k, name in enumerate(names)}
+
+
+def per_class_tp_score(cat: np.ndarray, score: np.ndarray, flags: np.ndarray, extra: np.ndarray,
+                       names: list[str]) -> dict[str, float]:
+    """Mean score of each category's true positives at IoU 0.5 (area 'all'), -1 without any: the score the
+    model gives the objects it does find (what ECM's margins are meant to lift for rare classes)."""
+    tp, _ = flag_arrays(flags, extra, 0, 0)
+    n = np.bincount(cat[tp], minlength=len(names))
+    total = np.bincount(cat[tp], weights=score[tp], minlength=len(names))
+    return {name: float(total[k] / n[k]) if n[k] else -1.0 for k, name in enumerate(names)}

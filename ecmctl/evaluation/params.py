@@ -32,3 +32,7 @@ IOU_TYPES: tuple[str, ...] = ("bbox", "segm")
 # range a; bit 4 + a: matched to a ground truth that is ignored in area range a) and one `extra` byte:
 NEL_BIT = 4  # extra bits 0-3: detection area outside area range a; bit 4: not-exhaustive category
 PHANTOM_BIT = 5  # dropped by lvis-api's filters (no gt info, zero area): only takes a Fixed AP top-K slot
+
+# The summary's per-class dicts and the mmengine metric's key for them (`{iou}_{key}/{name}`): AP, recall at the
+# detection cap (AR per class), and the mean score of IoU-0.5 true positives
+PER_CLASS_KEYS = {"per_class": "class_AP", "recall_per_class": "class_recall", "tp_score_per_class": "class_tp_score"}

@@ -25,7 +25,7 @@ import pycocotools.mask as mask_utils
 
 from ecmctl.core.errors import UserError
 from ecmctl.evaluation import fixed
-from ecmctl.evaluation.accumulate import category_curves, per_class_ap, summary
+from ecmctl.evaluation.accumulate import category_curves, per_class_ap, per_class_recall, per_class_tp_score, summary
 from ecmctl.evaluation.gt import GroundTruth, sorted_lookup, to_rle
 from ecmctl.evaluation.matching import gt_ignored, match_flags
 from ecmctl.evaluation.overlap import mask_area as mask_area_of
@@ -322,8 +322,9 @@ class StreamingLVISEval:
         return np.stack([np.bincount(gt.ann_cat[ok[a]], minlength=gt.num_cats) for a in range(NUM_AREAS)], 1)
 
     def summarize(self, images: str = "gt") -> dict:
-        """lvis-api's summary (AP, AP50, AP75, APs/m/l, APr/c/f, AR@max_dets, ARs/m/l) and `per_class` AP
-        (by category name, -1 if undefined) for the standard protocol; `fixed` (same keys without AR) and
+        """lvis-api's summary (AP, AP50, AP75, APs/m/l, APr/c/f, AR@max_dets, ARs/m/l), `per_class` AP,
+        `recall_per_class` (AR at the cap) and `tp_score_per_class` (mean IoU-0.5 true-positive score), by
+        category name and -1 if undefined, for the standard protocol; `fixed` (same keys without AR) and
         `pooled` (AP, APr, APc, APf) sections for the others, each with `classes_below_topk` (categories with
         detections but fewer than top-K: their AP is underestimated, as Dave et al.'s scripts warn). Undefined
         values are -1, as in lvis-api.
@@ -341,6 +342,8 @@ class StreamingLVISEval:
             precision, recall = category_curves(rec.cat, self.gt.num_cats, rec.flags, rec.extra, num_gt)
             out.update(summary(precision, recall, groups, self.max_dets))
             out["per_class"] = per_class_ap(precision, names)
+            out["recall_per_class"] = per_class_recall(recall, names)
+            out["tp_score_per_class"] = per_class_tp_score(rec.cat, rec.score, rec.flags, rec.extra, names)
         if DATASET in self._parts:
             self._prune()
             selected = self._parts[DATASET][0]

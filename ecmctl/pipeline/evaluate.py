@@ -22,6 +22,7 @@ from ecmctl.engine.checkpoints import check_checkpoint
 from ecmctl.engine.runner import load_run_config
 from ecmctl.evaluation import evaluate_detections, evaluate_files
 from ecmctl.evaluation.detections import shard_paths
+from ecmctl.evaluation.params import PER_CLASS_KEYS
 from ecmctl.launch import Task, launch
 
 METRICS_JSON = "metrics.json"
@@ -49,15 +50,24 @@ def eval_config(run_dir: Path, overrides: list[str]) -> DictConfig:
     return validate(merged)
 
 
+# per-class items of the metric ('bbox_class_recall/NAME') -> metrics.json sections ('bbox_recall_per_class')
+PER_CLASS_SECTIONS = {key: section for section, key in PER_CLASS_KEYS.items()}
+
+
 def parse_metrics(raw: dict) -> dict:
     """The metric's flat 'lvis/bbox_APr', 'lvis/bbox_fixed_AP', 'lvis/segm_class_AP/name' keys ->
-    {'bbox': {'APr': ...}, 'bbox_fixed': {...}, 'segm_per_class': {name: AP or None}, ...}."""
+    {'bbox': {'APr': ...}, 'bbox_fixed': {...}, 'segm_per_class': {name: AP or None}, ...}, with the optional
+    per-class sections '{iou}_recall_per_class' (at the 300 cap) and '{iou}_tp_score_per_class'."""
     out: dict = {}
     for key, value in raw.items():
         name = key.split("/", 1)[1] if key.startswith("lvis/") else key
-        if "_class_AP/" in name:
-            section, _, cls = name.partition("_class_AP/")
-            out.setdefault(f"{section}_per_class", {})[cls] = None if math.isnan(value) else float(value)
+        if "/" in name:  # '{section}_{kind}/{class name}'
+            head, _, cls = name.partition("/")
+            kind = next((k for k in PER_CLASS_SECTIONS if head.endswith("_" + k)), None)
+            if kind is not None:
+                section = head[: -len(kind) - 1]
+                out.setdefault(f"{section}_{PER_CLASS_SECTIONS[kind]}", {})[cls] = (
+                    None if math.isnan(value) else float(value))
         else:
             section = next((s for s in SECTIONS if name.startswith(s + "_")), None)
             if section is not None:
@@ -169,8 +179,10 @@ def _sections(iou: str, protocol: str, summary: dict) -> dict:
     name = iou if protocol == "standard" else f"{iou}_{protocol}"
     values = {k: float(v) for k, v in summary.items() if isinstance(v, float)}
     out = {name: values}
-    if "per_class" in summary:
-        out[f"{name}_per_class"] = {k: (None if v < 0 else float(v)) for k, v in summary["per_class"].items()}
+    for section in PER_CLASS_KEYS:
+        per_class = summary.get(section)
+        if per_class is not None:
+            out[f"{name}_{section}"] = {k: (None if v < 0 else float(v)) for k, v in per_class.items()}
     if "classes_below_topk" in summary:
         out[name]["classes_below_topk"] = int(summary["classes_below_topk"])
     return out

@@ -42,23 +42,61 @@ def check_synth_out(out_dir: str | Path) -> None:
 
 
 def ensure_dataset(cfg: DictConfig, say: Say = _quiet) -> None:
-    """The train/val annotations exist; the embedded synthetic set is generated when missing."""
+    """The train/val annotations exist; the embedded synthetic set is generated when missing.
+
+    A synthetic set found on disk must be the one `dataset.synth` describes (profile, classes, images,
+    image size, seed): an older or differently sized set in the same directory is an error, never used.
+    """
     ds = cfg.dataset
     missing = [p for p in (ds.train_ann, ds.val_ann) if not Path(p).is_file()]
     if not missing:
+        if ds.get("synth"):
+            check_synth(ds)
         return
     if ds.get("synth"):
         from ecmctl.dataset.synth import make_dataset
 
         check_synth_out(ds.root)
-        say(f"dataset {ds.name}: {missing[0]} is missing, generating it (ecmctl synth {ds.root})")
+        say(f"dataset {ds.name}: {missing[0]} is missing, generating it (ecmctl synth {ds.root} "
+            f"--profile {ds.synth.get('profile', 'small')})")
         s = ds.synth
         make_dataset(ds.root, num_classes=s.classes, train_images=s.train_images, val_images=s.val_images,
-                     image_size=s.image_size, image_height=s.image_height, seed=s.seed,
-                     repeat_looks=s.repeat_looks)
+                     image_size=s.image_size, seed=s.seed, profile=s.get("profile", "small"),
+                     image_height=s.image_height, repeat_looks=s.repeat_looks)
         return
     raise UserError(f"dataset {ds.name}: {missing[0]} does not exist; set data_root=DIR "
                     f"or dataset.root=DIR to where the dataset lives")
+
+
+def _synth_shape(train: dict, val: dict) -> dict:
+    images = train.get("images") or [{}]
+    return {"description": (train.get("info") or {}).get("description"),
+            "classes": len(train.get("categories", [])), "train_images": len(train.get("images", [])),
+            "val_images": len(val.get("images", [])), "image_size": images[0].get("width")}
+
+
+def check_synth(ds: DictConfig) -> None:
+    """Refuse a generated set on disk that differs from `ds.synth` (files made elsewhere are trusted)."""
+    import json
+
+    from ecmctl.dataset.synth import SYNTH_DESCRIPTION, describe
+
+    with open(ds.train_ann) as f:
+        train = json.load(f)
+    found_desc = (train.get("info") or {}).get("description") or ""
+    if not found_desc.startswith(SYNTH_DESCRIPTION):
+        return
+    with open(ds.val_ann) as f:
+        val = json.load(f)
+    s = ds.synth
+    want = {"description": describe("train", int(s.seed), s.get("profile", "small")), "classes": s.classes,
+            "train_images": s.train_images, "val_images": s.val_images, "image_size": s.image_size}
+    found = _synth_shape(train, val)
+    diff = [f"{k} {found[k]!r} (dataset.synth asks for {want[k]!r})" for k in want if found[k] != want[k]]
+    if diff:
+        raise UserError(f"dataset {ds.name}: {ds.root} holds a different synthetic set: " + "; ".join(diff)
+                        + f". Delete {ds.root} to generate the configured one, or set data_root=DIR "
+                        "(or dataset.root=DIR) to another directory")
 
 
 def counts_path(cfg: DictConfig) -> Path:

@@ -6,6 +6,8 @@ Figures (each written only when its data exists in the runs):
   ap_by_group.png   AP, APr, APc, APf per run, box (and mask when evaluated)
   ap_per_class.png  per-class box AP against training instances, one colour per run
   loss.png          training loss (and loss_cls) against iteration, one line per run
+  mechanism.png     per frequency group: recall at the 300-detection cap and the mean score of true
+                    positives, per run (metrics.json's optional bbox_recall_per_class / bbox_tp_score_per_class)
 
 Matplotlib is used through `matplotlib.figure.Figure` only (no pyplot, no GUI backend, no global state):
 headless by construction. Every file is written to a temp name in the output directory, then renamed.
@@ -49,6 +51,7 @@ TITLES = {
     "ap_by_group": "AP by frequency group",
     "ap_per_class": "Per-class box AP against training instances",
     "loss": "Training loss",
+    "mechanism": "Recall at the 300-detection cap and true-positive scores by frequency group",
 }
 FREQ_COLORS = {"r": "tab:red", "c": "tab:orange", "f": "tab:blue"}
 FREQ_NAMES = {"r": "rare", "c": "common", "f": "frequent"}
@@ -210,10 +213,12 @@ def _new_figure(name: str, ncols: int = 1, width: float = 6.4, height: float = 4
 # ----------------------------------------------------------------------------------------------- figures
 
 
+def _freq_by_name_of(counts: dict | None) -> dict[str, str]:
+    return {c.get("name"): c.get("frequency") for c in (counts or {}).get("categories", [])}
+
+
 def _freq_by_name(run: ReportRun) -> dict[str, str]:
-    if not run.counts:
-        return {}
-    return {c.get("name"): c.get("frequency") for c in run.counts.get("categories", [])}
+    return _freq_by_name_of(run.counts)
 
 
 def figure_weights(run: ReportRun):
@@ -362,6 +367,90 @@ def figure_ap_per_class(runs: list[ReportRun], points: dict[str, tuple]):
     return fig
 
 
+# per-class sections of metrics.json that the mechanism figure reads, and their name in the group table
+MECHANISM_SECTIONS = (("recall_per_class", "recall"), ("tp_score_per_class", "tp_score"))
+
+
+def group_table(metrics: dict, freq: dict[str, str], iou: str = "bbox") -> dict:
+    """Per frequency group, the mean over its classes of recall at the detection cap and of the mean
+    true-positive score, with how many classes had a value: {"r": {"recall", "recall_classes",
+    "tp_score", "tp_score_classes"}, ...}. Classes without a value (no val ground truth; no true positive)
+    are left out; groups without any class are left out; {} when metrics.json has neither section.
+
+    Why: the ECM margins raise rare classes' scores, so more of their detections stay in the 300 kept per
+    image; these per-group numbers show it from lvis-api's own evaluation (per-class values only).
+    """
+    out: dict = {}
+    for g in ("r", "c", "f"):
+        row: dict = {}
+        for section, key in MECHANISM_SECTIONS:
+            per_class = metrics.get(f"{iou}_{section}")
+            if not isinstance(per_class, dict):
+                continue
+            vals = [float(v) for name, v in per_class.items()
+                    if freq.get(name) == g and isinstance(v, (int, float)) and math.isfinite(v) and v >= 0]
+            if vals:
+                row[key], row[f"{key}_classes"] = sum(vals) / len(vals), len(vals)
+        if row:
+            out[g] = row
+    return out
+
+
+def figure_mechanism(runs: list[ReportRun], tables: dict[str, dict]):
+    """Grouped bars per frequency group: recall at the cap (left, %) and mean true-positive score (right)."""
+    import numpy as np
+
+    fig, axes = _new_figure("mechanism", ncols=2, width=max(4.6, 2.6 + 0.5 * len(runs)))
+    groups = [g for g in ("r", "c", "f") if any(g in t for t in tables.values())]
+    x = np.arange(len(groups))
+    shown = [r for r in runs if tables.get(r.label)]
+    width = 0.8 / max(1, len(shown))
+    # scores span orders of magnitude between groups (a rare class's true positives can score ~1e-3): log
+    # axis from the LVIS protocol's score threshold 1e-4, so each group's lift reads as a ratio
+    floor = 1e-4
+    panels = (("recall", 100.0, "recall at 300 detections (%)", "{:.1f}", 0.0),
+              ("tp_score", 1.0, "mean score of true positives (IoU 0.5, log)", "{:.3g}", floor))
+    for ax, (key, scale, ylabel, fmt, bottom) in zip(axes, panels, strict=True):
+        top = 0.0
+        for i, r in enumerate(shown):
+            t = tables[r.label]
+            h = np.array([scale * t[g][key] if key in t.get(g, {}) else np.nan for g in groups])
+            pos = x - 0.4 + width * (i + 0.5)
+            bars = np.maximum(np.nan_to_num(h, nan=bottom), bottom)
+            ax.bar(pos, bars - bottom, width * 0.95, bottom=bottom, color=r.color, label=r.label)
+            for p, v, b in zip(pos, h, bars, strict=True):
+                ax.text(p, b, "n/a" if np.isnan(v) else fmt.format(v), ha="center",
+                        va="bottom", fontsize=7, rotation=90 if len(shown) > 3 else 0)
+            if np.isfinite(h).any():
+                top = max(top, float(np.nanmax(h)))
+        ax.set_xticks(x, [f"{FREQ_NAMES[g]} ({g})" for g in groups])
+        if bottom > 0:
+            ax.set_yscale("log")
+            ax.set_ylim(bottom, max(top * 3, bottom * 10))
+        else:
+            ax.set_ylim(0, max(top * 1.2, scale * 0.05))
+        ax.set_ylabel(ylabel)
+        ax.grid(axis="y", alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.supxlabel("means over the group's classes on val (recall: classes with ground truth; score: classes with "
+                  ">= 1 true positive); groups by training image counts", fontsize=8, color="0.3")
+    return fig
+
+
+def mechanism_markdown(runs: list[ReportRun], tables: dict[str, dict]) -> list[str]:
+    """Recall at the cap (%) and mean true-positive score per frequency group, one row per run."""
+    lines = ["| run | recall r | recall c | recall f | TP score r | TP score c | TP score f |",
+             "|---|" + "---:|" * 6]
+    for r in runs:
+        t = tables.get(r.label)
+        if not t:
+            continue
+        cells = [f"{100 * t[g]['recall']:.1f}" if "recall" in t.get(g, {}) else "–" for g in ("r", "c", "f")]
+        cells += [f"{t[g]['tp_score']:.3f}" if "tp_score" in t.get(g, {}) else "–" for g in ("r", "c", "f")]
+        lines.append(f"| {_md(r.label)} | " + " | ".join(cells) + " |")
+    return lines
+
+
 def figure_loss(runs: list[ReportRun]):
     """Total loss (solid) and loss_cls (dashed, when logged) against iteration, one colour per run."""
     fig, (ax,) = _new_figure("loss", width=7.0)
@@ -466,11 +555,12 @@ FIGURE_HEADINGS = {
     "ap_by_group": "AP by frequency group",
     "ap_per_class": "Per-class AP",
     "loss": "Training loss",
+    "mechanism": "Recall at the cap and true-positive scores",
 }
 
 
 def report_markdown(runs: list[ReportRun], figures: dict[str, Path], titles: dict[str, str],
-                    notes: list[str]) -> str:
+                    notes: list[str], mechanism: dict[str, dict] | None = None) -> str:
     stamp = dt.datetime.now().astimezone().isoformat(timespec="seconds")
     out = [REPORT_HEADER, "", f"{len(runs)} run(s), generated {stamp}.", "",
            "## Runs", "", "| run | directory | status | ECM weights | training log |",
@@ -482,6 +572,12 @@ def report_markdown(runs: list[ReportRun], figures: dict[str, Path], titles: dic
         out.append(f"| {_md(r.label)} | `{_md(r.path)}` | {status} | {_md(w)} | {log} |")
     out += ["", "## Metrics", "", "AP in %; in brackets, the difference from the first run.", ""]
     out += metrics_markdown(runs)
+    if mechanism:
+        out += ["", "## Recall at the cap by frequency group", "",
+                "Recall at 300 detections per image (%, mean over IoU 0.50:0.95) and the mean score of true "
+                "positives (IoU 0.5), averaged over each group's classes (for the score, the classes with at "
+                "least one true positive).", ""]
+        out += mechanism_markdown(runs, mechanism)
     cal = calibration_markdown(runs)
     if cal:
         out += ["", "## Background ratio r", ""] + cal
@@ -562,6 +658,21 @@ def write_report(run_dirs: list[Path], out_dir: Path) -> dict:
     elif points:
         notes.append("per-class AP could not be matched to training counts: per-class figure left out")
 
+    mechanism = {}
+    for r in runs:
+        freq = _freq_by_name(r) or _freq_by_name_of(fallback_counts)
+        table = group_table(r.metrics, freq)
+        if table:
+            mechanism[r.label] = table
+    if mechanism:
+        save("mechanism", figure_mechanism(runs, mechanism))
+        missing = [r.label for r in runs if r.label not in mechanism]
+        if missing:
+            notes.append("no per-class recall in metrics.json (re-run `ecmctl eval`) for " + ", ".join(missing))
+    else:
+        notes.append("no run has per-class recall in metrics.json (evaluated before it was recorded; re-run "
+                     "`ecmctl eval`): recall-at-the-cap figure left out")
+
     missing_logs = [r.label for r in runs if not r.log]
     if missing_logs:
         notes.append("no training log (RUN/<timestamp>/vis_data/scalars.json) for " + ", ".join(missing_logs))
@@ -569,7 +680,7 @@ def write_report(run_dirs: list[Path], out_dir: Path) -> dict:
         save("loss", figure_loss(runs))
 
     md = out_dir / REPORT_MD
-    text = report_markdown(runs, figures, titles, notes)
+    text = report_markdown(runs, figures, titles, notes, mechanism)
     atomic_write_text(md, text)
     return {"markdown": md, "figures": figures, "titles": titles, "runs": [r.label for r in runs],
             "notes": notes}
