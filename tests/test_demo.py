@@ -32,6 +32,7 @@ def test_reduced_demo_and_report(overrides, tmp_path):
     # the test set is too small for a frequent group (> 100 images): APf is undefined there
     assert set(summary["mean"]["ecm"]["bbox"]) == {"AP", "APr", "APc"}
     assert set(summary["stats"]["bbox"]) == {"AP", "APr", "APc"}
+    assert set(summary["stats"]["bbox_fixed"]) == {"AP", "APr", "APc"} and "bbox fixed APr" in res.output  # Fixed AP
     for key, st in summary["stats"]["bbox"].items():
         d = st["diff"]
         assert st["bce"]["n"] == st["ecm"]["n"] == 2 and d["n"] == 2 and d["df"] == 1, key

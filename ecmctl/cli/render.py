@@ -238,12 +238,13 @@ def demo_table(summary: dict):
     for iou, rows in summary["stats"].items():
         for key in summary.get("metrics") or list(rows):
             st = rows.get(key)
+            label = f"{iou.replace('_', ' ')} {key}"  # "bbox fixed AP": Fixed AP
             if st is None:  # no run reports it
-                table.add_row(f"{iou} {key}", "-", "-", "-", "-")
+                table.add_row(label, "-", "-", "-", "-")
                 continue
             d = st["diff"]
             ci = "" if not d.get("ci") else f" [{_signed(d['ci'][0])}, {_signed(d['ci'][1])}]"
-            table.add_row(f"{iou} {key}", _mean_sd(st["bce"]), _mean_sd(st["ecm"]), _signed(d["mean"]) + ci,
+            table.add_row(label, _mean_sd(st["bce"]), _mean_sd(st["ecm"]), _signed(d["mean"]) + ci,
                           " ".join(_signed(v) for v in d["values"]))
     n = max((st["diff"]["n"] for rows in summary["stats"].values() for st in rows.values()), default=0)
     interval = (f"its 95% t-interval (df = n − 1 = {n - 1})" if n >= 2 else "no interval (one seed)")

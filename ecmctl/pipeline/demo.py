@@ -25,6 +25,8 @@ from ecmctl.pipeline.train import train
 DEMO_DEFAULTS = ["detector=faster_rcnn_tiny", "schedule=demo", "train.log_level=WARNING", "train.progress=true"]
 # The metrics the demo compares, in table order: one entry per metric of metrics.json's bbox/segm sections.
 DEMO_METRICS: tuple[str, ...] = GROUP_KEYS
+# metrics.json sections the demo compares: standard AP and Fixed AP (Dave et al. 2021), box (and mask)
+DEMO_SECTIONS: tuple[str, ...] = ("bbox", "bbox_fixed", "segm", "segm_fixed")
 
 
 class StageClock:
@@ -66,7 +68,7 @@ def run_demo(overrides: list[str] = (), say=print) -> dict:
             with clock.stage(f"train {loss}"):
                 run = train(compose(job), job, say)
             with clock.stage(f"eval {loss}"):
-                metrics[loss].append(evaluate(run.path, say=say))
+                metrics[loss].append(evaluate(run.path, overrides=["eval.protocol=fixed"], say=say))
             runs[loss].append(str(run.path))
     with clock.stage("report"):
         rep = write_report([Path(runs["ecm"][0]), Path(runs["bce"][0])], out / "report")
@@ -96,7 +98,7 @@ def seed_stats(bce: list[dict], ecm: list[dict], keys: tuple[str, ...] = DEMO_ME
     """{iou: {metric: {"bce": summary, "ecm": summary, "diff": ECM − BCE paired by seed}}} (seeds.compare);
     an IoU type or metric that no run reports is left out."""
     out: dict = {}
-    for iou in ("bbox", "segm"):
+    for iou in DEMO_SECTIONS:
         for key in keys:
             b = [_value(d, iou, key) for d in bce]
             e = [_value(d, iou, key) for d in ecm]
@@ -110,7 +112,7 @@ def seed_stats(bce: list[dict], ecm: list[dict], keys: tuple[str, ...] = DEMO_ME
 def mean_metrics(docs: list[dict], keys: tuple[str, ...] = DEMO_METRICS) -> dict:
     """Mean over seeds of each box/mask metric (undefined values, -1, are left out)."""
     out: dict = {}
-    for iou in ("bbox", "segm"):
+    for iou in DEMO_SECTIONS:
         for key in keys:
             vals = [v for v in (_value(d, iou, key) for d in docs) if v is not None]
             if vals:
@@ -119,5 +121,5 @@ def mean_metrics(docs: list[dict], keys: tuple[str, ...] = DEMO_METRICS) -> dict
 
 
 def metrics_by_seed(metrics: dict[str, list[dict]], keys: tuple[str, ...] = DEMO_METRICS) -> dict:
-    return {loss: [{iou: {k: d[iou].get(k) for k in keys} for iou in ("bbox", "segm") if iou in d}
+    return {loss: [{iou: {k: d[iou].get(k) for k in keys} for iou in DEMO_SECTIONS if iou in d}
                    for d in docs] for loss, docs in metrics.items()}

@@ -292,10 +292,12 @@ def figure_margins(run: ReportRun):
 
 
 def figure_ap_by_group(runs: list[ReportRun]):
-    """Grouped bars: AP, APr, APc, APf (in %) per run; a mask panel when any run has segm metrics."""
+    """Grouped bars: AP, APr, APc, APf (in %) per run; a mask panel when any run has segm metrics, and a Fixed AP
+    panel (Dave et al. 2021: per-class top 10,000 over the dataset, no per-image cap) when evaluated."""
     import numpy as np
 
-    ious = [("bbox", "box")] + ([("segm", "mask")] if any("segm" in r.metrics for r in runs) else [])
+    panels = [("bbox", "box"), ("bbox_fixed", "box Fixed"), ("segm", "mask"), ("segm_fixed", "mask Fixed")]
+    ious = [(iou, label) for iou, label in panels if iou == "bbox" or any(iou in r.metrics for r in runs)]
     fig, axes = _new_figure("ap_by_group", ncols=len(ious), width=max(5.0, 3.0 + 0.5 * len(runs)))
     x = np.arange(len(GROUP_KEYS))
     width = 0.8 / len(runs)
