@@ -91,6 +91,31 @@ def test_sigterm_during_training_marks_the_run_interrupted_and_says_how_to_resum
     assert any(f"ecmctl train --resume {run.path}" in m for m in said)
 
 
+def test_an_interrupt_a_library_rewraps_still_ends_interrupted(overrides, counts, monkeypatch):
+    """mmengine turns a Ctrl-C that lands in yapf (while a checkpoint is saved) into SyntaxError: still resumable."""
+    def saving_a_checkpoint(*args, **kwargs):
+        try:
+            raise KeyboardInterrupt
+        except:  # noqa: E722 -- what mmengine's Config.pretty_text does
+            raise SyntaxError("Failed to format the config file") from None
+
+    monkeypatch.setattr(training, "launch", saving_a_checkpoint)
+    said = []
+    job = [*overrides, "loss=bce", f"counts_file={counts}"]
+    with pytest.raises(KeyboardInterrupt) as stop:
+        training.train(compose(job), job, say=said.append)
+    assert isinstance(stop.value.__cause__, SyntaxError)
+    run = _only_run(_run_root(overrides))
+    assert run.meta["status"] == "interrupted" and "reason" not in run.meta
+    assert any(f"ecmctl train --resume {run.path}" in m for m in said)
+    # a failure with no interrupt in its chain stays a failure
+    monkeypatch.setattr(training, "launch", lambda *a, **k: (_ for _ in ()).throw(SyntaxError("bad config")))
+    with pytest.raises(SyntaxError):
+        training.train(compose(job), job, say=said.append)
+    statuses = sorted(RunDir(p.parent).meta["status"] for p in _run_root(overrides).glob("*/*/run.json"))
+    assert statuses == ["failed", "interrupted"]
+
+
 def test_a_failed_calibration_says_so_in_its_directory(overrides, counts, tmp_path, monkeypatch):
     def fails(*args, **kwargs):
         raise RuntimeError("loss is nan")

@@ -35,7 +35,8 @@ def test_torchrun_eval_and_overrides(overrides):
 def trained(data_root, tmp_path_factory):
     """One tiny Mask R-CNN run, trained once for the evaluation tests below (boxes and masks)."""
     root = tmp_path_factory.mktemp("runs")
-    job = [f"data_root={data_root}", f"run_root={root}", "dataset.train_scale=[96,96]", "dataset.test_scale=[96,96]",
+    job = [f"data_root={data_root}", f"run_root={root}", "dataset=synth_tiny",
+           "dataset.train_scale=[96,96]", "dataset.test_scale=[96,96]",
            "schedule=smoke", "train.max_iters=6", "train.checkpoint_interval=6", "detector=mask_rcnn_tiny",
            "loss=bce", "name=masks"]
     return train(compose(job), job, say=lambda m: None)

@@ -11,7 +11,7 @@ from rich.console import Console
 from rich.markup import escape
 from typer.core import TyperGroup
 
-from ecmctl.core.errors import UserError, as_user_error
+from ecmctl.core.errors import UserError, as_interrupt, as_user_error
 from ecmctl.core.quiet import install_warning_filters
 
 install_warning_filters()  # before any command imports the stack
@@ -76,6 +76,9 @@ def user_errors(fn):
             err_console.print("[bold red]interrupted[/]", highlight=False)
             raise typer.Exit(130) from None
         except Exception as e:
+            if as_interrupt(e) is not None:  # an interrupt a library re-raised as its own error
+                err_console.print("[bold red]interrupted[/]", highlight=False)
+                raise typer.Exit(130) from None
             err = as_user_error(e)
             if err is None:
                 raise

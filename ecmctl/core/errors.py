@@ -31,3 +31,23 @@ def as_user_error(e: BaseException) -> UserError | None:
         return UserError(f"missing dependency: no module named {e.name!r}; install ecmctl's dependencies "
                          "(`make install`)")
     return None
+
+
+def as_interrupt(e: BaseException) -> KeyboardInterrupt | None:
+    """The Ctrl-C/SIGTERM that ended this failure, or None when it was not one.
+
+    Libraries that catch everything and raise their own error hide an interrupt inside the chain (mmengine
+    turns a KeyboardInterrupt that lands in yapf, while a checkpoint is saved, into a SyntaxError): a run
+    stopped by the user must still end `interrupted` and resumable, never `failed`."""
+    seen: set[int] = set()
+    cause: BaseException | None = e
+    while cause is not None and id(cause) not in seen:
+        if isinstance(cause, KeyboardInterrupt):
+            if cause is not e:
+                cause = KeyboardInterrupt(f"interrupted ({type(e).__name__} raised while stopping)")
+                cause.__cause__ = e
+            return cause
+        seen.add(id(cause))
+        cause = cause.__cause__ or cause.__context__
+    return None
+

@@ -131,7 +131,8 @@ def load_run_config(run_dir: str | Path, name: str):
     from mmengine.config import Config
 
     run_dir = Path(run_dir).resolve()
-    mm = Config.fromfile(str(run_dir / name))
+    # unformatted: mmengine embeds `pretty_text` in every checkpoint, and yapf takes seconds per save on a busy CPU
+    mm = Config.fromfile(str(run_dir / name), format_python_code=False)
 
     def anchor(node) -> None:
         if isinstance(node, dict):

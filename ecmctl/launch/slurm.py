@@ -8,6 +8,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
+from ecmctl.core.errors import as_interrupt
 from ecmctl.core.runs import RunDir, now
 from ecmctl.launch.task import Task
 
@@ -46,16 +47,16 @@ class SlurmJob:
                             hooks=[hook] if hook else [])
         except SystemExit:  # submitit's requeue on preemption or timeout: the requeued job goes on
             raise
-        except KeyboardInterrupt:  # SIGINT/SIGTERM without requeue (scancel): resumable
-            if rank0:
+        except BaseException as e:  # failed (submitit records the traceback), or SIGINT/SIGTERM without requeue
+            if (stop := as_interrupt(e)) is None:
+                if rank0:
+                    text = str(e).strip()
+                    run.update(status="failed", stopped=now(), slurm_job=slurm_job_id(),
+                               reason=text.splitlines()[0] if text else type(e).__name__)
+                raise
+            if rank0:  # scancel: resumable
                 run.update(status="interrupted", stopped=now())
-            raise
-        except BaseException as e:  # the job failed: say so in run.json, submitit records the traceback
-            if rank0:
-                text = str(e).strip()
-                run.update(status="failed", stopped=now(), slurm_job=slurm_job_id(),
-                           reason=text.splitlines()[0] if text else type(e).__name__)
-            raise
+            raise stop from stop.__cause__  # the library error that hid it, if any
         finally:
             signal.alarm(0)
         if rank0:

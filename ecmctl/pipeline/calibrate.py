@@ -17,7 +17,7 @@ import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
 from ecmctl.core.environment import require_device
-from ecmctl.core.errors import UserError
+from ecmctl.core.errors import UserError, as_interrupt
 from ecmctl.core.io import atomic_write_json, atomic_write_text, check_output, check_writable, make_dirs
 from ecmctl.core.runs import new_run_dir, now
 from ecmctl.core.schemas import CALIBRATION_SCHEMA, WEIGHTS_SCHEMA
@@ -97,13 +97,13 @@ def run_calibration(cfg: DictConfig, out_dir: str | Path | None, say: Say = prin
     atomic_write_json(status, {"status": "running", "started": now()})
     try:
         result = _calibrate(cfg, out, kind, counts_file, counts_doc, say)
-    except KeyboardInterrupt:
-        atomic_write_json(status, {"status": "interrupted", "stopped": now()})
-        raise
     except BaseException as e:
-        atomic_write_json(status, {"status": "failed", "stopped": now(),
-                                   "reason": (str(e).strip().splitlines() or [type(e).__name__])[0]})
-        raise
+        if (stop := as_interrupt(e)) is None:
+            atomic_write_json(status, {"status": "failed", "stopped": now(),
+                                       "reason": (str(e).strip().splitlines() or [type(e).__name__])[0]})
+            raise
+        atomic_write_json(status, {"status": "interrupted", "stopped": now()})
+        raise stop from stop.__cause__  # the library error that hid it, if any
     atomic_write_json(status, {"status": "finished", "finished": now()})
     return result
 

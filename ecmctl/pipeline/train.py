@@ -12,7 +12,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from ecmctl.core.config import to_yaml
 from ecmctl.core.environment import device_name, require_device, versions
-from ecmctl.core.errors import UserError
+from ecmctl.core.errors import UserError, as_interrupt
 from ecmctl.core.io import atomic_write_text, check_output, check_writable
 from ecmctl.core.runs import HYDRA_CONFIG, MM_CONFIG, RunDir, git_commit, new_run_dir, now
 from ecmctl.engine.builder import base_config, build_mm_config, pretrained_checkpoint
@@ -168,15 +168,14 @@ def prepare(cfg: DictConfig, overrides: list[str], say: Say = print,
         mm = build_mm_config(cfg, class_names(counts), run.path.resolve(), weights, lr=plan.batch.lr)
         atomic_write_text(run.path / HYDRA_CONFIG, to_yaml(cfg))
         atomic_write_text(run.path / MM_CONFIG, mm.pretty_text)
-    except KeyboardInterrupt:
-        run.update(status="interrupted", stopped=now(), reason="interrupted while preparing, before training")
-        run.unlock()
-        say(f"interrupted before training started; {run.path} cannot be resumed, start a new run")
-        raise
     except BaseException as e:
-        run.update(status="failed", stopped=now(), reason=_reason(e))
         run.unlock()
-        raise
+        if (stop := as_interrupt(e)) is None:
+            run.update(status="failed", stopped=now(), reason=_reason(e))
+            raise
+        run.update(status="interrupted", stopped=now(), reason="interrupted while preparing, before training")
+        say(f"interrupted before training started; {run.path} cannot be resumed, start a new run")
+        raise stop from stop.__cause__  # the library error that hid it, if any
     run.update(status="ready", **_bg_ratio_used(run),
                **({"allow_foreign_weights": True, "foreign_inputs": foreign} if foreign else {}))
     return run
@@ -271,13 +270,13 @@ def launch_run(run: RunDir, cfg: DictConfig, resume: bool, say: Say) -> RunDir:
     previous = signal.signal(signal.SIGTERM, _terminate)
     try:
         launch(train_task(run.path, resume), cfg.launcher, say, device=cfg.device)
-    except KeyboardInterrupt:
+    except BaseException as e:
+        if (stop := as_interrupt(e)) is None:
+            run.update(status="failed", stopped=now(), reason=_reason(e))
+            raise
         run.update(status="interrupted", stopped=now())
         say(f"interrupted; continue with `ecmctl train --resume {run.path}`")
-        raise
-    except BaseException as e:
-        run.update(status="failed", stopped=now(), reason=_reason(e))
-        raise
+        raise stop from stop.__cause__  # the library error that hid it, if any
     finally:
         signal.signal(signal.SIGTERM, previous)
         run.unlock()
