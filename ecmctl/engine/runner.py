@@ -159,6 +159,16 @@ def resume_from(run_dir: str | Path) -> str | None:
     return str(last.resolve()) if last is not None else None
 
 
+def _runner_with(mm, launcher: str | None, hooks):
+    """The Runner of `mm` under `launcher` (None: the config's), with extra hook objects registered."""
+    if launcher is not None:
+        mm.launcher = launcher
+    runner = make_runner(mm)
+    for hook in hooks:
+        runner.register_hook(hook)
+    return runner
+
+
 def train_run(run_dir: str | Path, resume: bool = False, config: str = MM_CONFIG, launcher: str | None = None,
               hooks=()) -> None:
     """Train in this process from the mmdet config `config` in `run_dir` (one rank under torchrun/SLURM),
@@ -170,11 +180,7 @@ def train_run(run_dir: str | Path, resume: bool = False, config: str = MM_CONFIG
     if resume:
         mm.load_from = resume_from(run_dir)
         mm.resume = mm.load_from is not None
-    if launcher is not None:
-        mm.launcher = launcher
-    runner = make_runner(mm)
-    for hook in hooks:
-        runner.register_hook(hook)
+    runner = _runner_with(mm, launcher, hooks)
     with _running(runner):
         runner.train()
 
@@ -187,11 +193,7 @@ def test_run(run_dir: str | Path, config: str, out: str, launcher: str | None = 
 
     run_dir = Path(run_dir)
     mm = load_run_config(run_dir, config)
-    if launcher is not None:
-        mm.launcher = launcher
-    runner = make_runner(mm)
-    for hook in hooks:
-        runner.register_hook(hook)
+    runner = _runner_with(mm, launcher, hooks)
     with _running(runner):
         metrics = runner.test()
     if runner.rank == 0:
