@@ -8,7 +8,8 @@ annotation, and 300 detections per image as mmdet writes them (float32 model out
 the ground truth of the right and of wrong classes, the rest background), with RLE masks for segm.
 
 Each evaluator runs in its own subprocess (load ground truth + results, evaluate, summarise): wall time
-measured inside the child, CPU time (user + system) and peak RSS from that child's own rusage (os.wait4).
+measured inside the child, CPU time (user + system) from that child's own rusage (os.wait4), peak RSS from
+the child's own VmHWM.
 CPU time is the steadier figure on a shared machine; ecmctl, being quick, runs `--repeat` times (median).
 The metrics of every evaluator are compared with lvis-api's.
 
@@ -194,7 +195,17 @@ def child(method: str, gt: str, results: str, iou: str, out: str) -> None:
     run = {"ecmctl": run_ecmctl, "lvis": run_lvis, "fce": run_fce}[method]
     t0 = time.perf_counter()
     metrics = run(gt, results, iou)
-    Path(out).write_text(json.dumps({"seconds": time.perf_counter() - t0, "metrics": metrics}))
+    seconds = time.perf_counter() - t0
+    Path(out).write_text(json.dumps({"seconds": seconds, "metrics": metrics, "rss_mb": peak_rss_mb()}))
+
+
+def peak_rss_mb() -> float:
+    """This process's own peak RSS (VmHWM, which exec resets). Not rusage's ru_maxrss: Linux carries that over
+    exec, so a child forked from a benchmark that has just generated gigabytes would report the parent's size."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError("no VmHWM in /proc/self/status (Linux only)")
 
 
 def measure(method: str, gt: Path, results: Path, iou: str, tmp: Path) -> dict:
@@ -206,7 +217,7 @@ def measure(method: str, gt: Path, results: Path, iou: str, tmp: Path) -> dict:
     if status != 0:
         raise SystemExit(f"{method} failed (status {status})")
     res = json.loads(out.read_text())
-    return {**res, "cpu": usage.ru_utime + usage.ru_stime, "rss_mb": usage.ru_maxrss / 1024}
+    return {**res, "cpu": usage.ru_utime + usage.ru_stime}
 
 
 def compare(ref: dict, got: dict) -> tuple[float, int]:
