@@ -303,7 +303,11 @@ def recipes() -> None:
     from ecmctl.cli.render import recipes_table
     from ecmctl.pipeline.recipes import OFFICIAL_BG_RATIO_OVERRIDE, list_recipes
 
-    console.print(recipes_table(list_recipes()))
+    recipes = list_recipes()
+    console.print(recipes_table(recipes))
+    console.print("commands (one node, torchrun; README \"Reproducing the paper\" for SLURM):", highlight=False)
+    for r in recipes:
+        console.print(f"  {r.command}", highlight=False, markup=False, soft_wrap=True)
     console.print(f"r is measured by calibration; add {OFFICIAL_BG_RATIO_OVERRIDE} to use the official code's "
                   "constant for every RoI stage instead.", highlight=False)
 

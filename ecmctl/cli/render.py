@@ -257,12 +257,12 @@ def demo_table(summary: dict):
 
 
 def recipes_table(recipes) -> Table:
-    """`ecmctl recipes`: one row per paper recipe, with the published numbers and the command."""
+    """`ecmctl recipes`: one row per paper recipe, with the published numbers (the commands are printed below
+    it, one per line, so that they stay whole and copyable in a narrow terminal)."""
     table = Table(title="paper recipes (LVIS v1; box / mask AP as published, %)")
-    for col in ("recipe", "detector", "loss", "schedule", "GPUs x images", "paper box / mask", "command"):
+    for col in ("recipe", "detector", "loss", "schedule", "GPUs x images", "paper box / mask"):
         table.add_column(col, overflow="fold")
     for r in recipes:
         paper = "-" if r.paper_bbox is None else f"{r.paper_bbox:.1f} / {r.paper_segm:.1f}"
-        table.add_row(r.name, r.detector, r.loss, r.schedule, f"{r.gpus} x {r.images_per_gpu}", paper,
-                      escape(r.command))
+        table.add_row(r.name, r.detector, r.loss, r.schedule, f"{r.gpus} x {r.images_per_gpu}", paper)
     return table
