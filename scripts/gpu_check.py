@@ -405,15 +405,12 @@ def step_calibrate(ctx: Context, deadline: float) -> dict:
             "ms_per_iter": train_figures(load_train_log(out))["ms_per_iter"]}
 
 
-def ecm_weights(ctx: Context, deadline: float) -> tuple[Path, str]:
-    """The calibrated weights, or (calibration missing) weights with the paper's r, so ECM still trains."""
+def ecm_weights(ctx: Context) -> tuple[list[str], str]:
+    """The calibrated weights, or (calibration missing) the paper's r, from which `train` writes weights itself
+    (calibrate.bg_ratio), so ECM still trains."""
     if ctx.weights is not None:
-        return ctx.weights, "calibrated"
-    counts, weights = ctx.work / "counts.json", ctx.work / "weights_paper_r.json"
-    run(ecmctl("count", str(ctx.work / "data" / "synth" / "train.json"), "-o", str(counts)), deadline)
-    run(ecmctl("weights", str(counts), "--bg-ratio", str(PAPER_R), "-o", str(weights)), deadline)
-    ctx.weights = weights
-    return weights, "paper r (no calibration)"
+        return [f"weights_file={ctx.weights}"], "calibrated"
+    return [f"calibrate.bg_ratio={PAPER_R}"], "paper r (no calibration)"
 
 
 def train_step(name: str, loss: str, iters: Callable[[Sizes], int], *extra: str) -> Callable[[Context, float], dict]:
@@ -426,8 +423,7 @@ def train_step(name: str, loss: str, iters: Callable[[Sizes], int], *extra: str)
         figures = {"loss": loss, "overrides": list(extra)}
         weights = []
         if loss == "ecm":
-            path, figures["weights"] = ecm_weights(ctx, deadline)
-            weights = [f"weights_file={path}"]
+            weights, figures["weights"] = ecm_weights(ctx)
         run(ecmctl("train", *overrides(ctx), f"loss={loss}", f"train.max_iters={n}",
                    f"train.checkpoint_interval={n}", f"run_dir={run_dir}", *weights, *extra), deadline)
         ctx.runs[name] = run_dir

@@ -158,7 +158,7 @@ def test_train_figures_from_mmengine_scalars():
 @pytest.mark.slow
 def test_dry_run_reports_every_step(tmp_path):
     """The script itself, at tiny sizes on the CPU: every step reports a time and a status."""
-    env = {**os.environ, "PYTHON": sys.executable}
+    env = {**os.environ, "PYTHON": sys.executable, "BUDGET": "1100"}  # ends before the timeout below
     proc = subprocess.run(["bash", "scripts/gpu-check.sh", "--dry-run", "--out", str(tmp_path / "out")], cwd=ROOT,
                           env=env, capture_output=True, text=True, timeout=1200)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]

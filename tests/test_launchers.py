@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -154,18 +155,23 @@ def test_two_nodes_train_one_run(overrides, tmp_path):
     """A multi-node torchrun job, both "nodes" on this machine: node 0 prepares the shared run_dir (counts,
     configs), node 1 waits for it and joins; one run with a world size of 2."""
     run_dir = tmp_path / "shared" / "run"
+    with socket.socket() as s:  # a free port for the rendezvous
+        s.bind(("localhost", 0))
+        port = s.getsockname()[1]
     common = [*overrides, "detector=atss_tiny", "loss=bce", "train.max_iters=2", "launcher=torchrun",
-              "launcher.nnodes=2", "launcher.nproc_per_node=1", "launcher.rdzv_endpoint=localhost:29613",
+              "launcher.nnodes=2", "launcher.nproc_per_node=1", f"launcher.rdzv_endpoint=localhost:{port}",
               f"run_dir={run_dir}"]
     cmd = [sys.executable, "-m", "ecmctl", "train", *common]
-    node1 = subprocess.Popen([*cmd, "launcher.node_rank=1"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                             text=True)
+    log1 = tmp_path / "node1.log"  # a file, not a pipe nobody reads while node 0 runs
+    with open(log1, "w") as f:
+        node1 = subprocess.Popen([*cmd, "launcher.node_rank=1"], stdout=f, stderr=subprocess.STDOUT)
     try:
         node0 = subprocess.run([*cmd, "launcher.node_rank=0"], capture_output=True, text=True, timeout=600)
-        out1, _ = node1.communicate(timeout=120)
+        node1.wait(timeout=120)
     finally:
         if node1.poll() is None:
             node1.kill()
+    out1 = log1.read_text()
     assert node0.returncode == 0, node0.stdout + node0.stderr
     assert node1.returncode == 0 and "waiting for node 0" in out1, out1
     run = RunDir(run_dir)

@@ -351,12 +351,13 @@ def eval_cmd(
     ecmctl eval RUN --reuse-detections --gt val_subset.json -o subset_metrics.json
     """
     from ecmctl.cli.render import metrics_table
+    from ecmctl.evaluation.params import IOU_TYPES, PROTOCOLS
     from ecmctl.pipeline.evaluate import evaluate, evaluate_results_file, load_metrics
 
     if results is not None:
         if gt is None or run_dirs:
             raise UserError("--results goes with --gt ANNOTATIONS, without run directories")
-        if iou not in ("bbox", "segm") or protocol not in ("standard", "fixed", "pooled"):
+        if iou not in IOU_TYPES or protocol not in PROTOCOLS:
             raise UserError(f"--iou {iou} --protocol {protocol}: --iou is bbox or segm, --protocol standard, "
                             "fixed or pooled")
         doc = evaluate_results_file(gt, results, iou, protocol, out)

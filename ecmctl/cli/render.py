@@ -204,10 +204,6 @@ def sweep_table(summary: dict):
     return table
 
 
-def _pct(v: float | None) -> str:
-    return "-" if v is None else f"{100 * v:.1f}"
-
-
 def _mean_sd(summary: dict) -> str:
     """"59.3 ± 2.1" in %, "59.3" for one seed, "-" when undefined on every seed."""
     if summary.get("mean") is None:

@@ -9,7 +9,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from ecmctl.core.config_schema import validate
-from ecmctl.core.errors import UserError
+from ecmctl.core.errors import UserError, first_line
 
 GROUPS = ("dataset", "detector", "loss", "schedule", "launcher", "recipe")
 
@@ -34,7 +34,7 @@ def _explain(overrides: list[str], err: Exception) -> str:
 
     from omegaconf.errors import ConfigAttributeError, ConfigKeyError
 
-    msg = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    msg = first_line(err)
     for ov in overrides:
         key, _, value = ov.lstrip("+~").partition("=")
         if key in GROUPS and value and value not in choices(key) and "," not in value:

@@ -18,6 +18,7 @@ from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
 
 from ecmctl.core.errors import UserError
+from ecmctl.core.schemas import MAX_BG_RATIO
 
 
 def rule(default: Any = MISSING, *, ge: float | None = None, gt: float | None = None, le: float | None = None,
@@ -180,7 +181,7 @@ class CalibrateConf:
     min_iters: int = rule(20, ge=1)
     rel_tol: float = rule(0.02, gt=0.0)
     bootstrap: int = rule(1000, ge=10)
-    bg_ratio: float | None = rule(None, gt=0.0, le=1e6)  # a fixed r for every RoI stage instead of measuring it
+    bg_ratio: float | None = rule(None, gt=0.0, le=MAX_BG_RATIO)  # a fixed r for every RoI stage, not measured
 
 
 @dataclass

@@ -33,6 +33,12 @@ def as_user_error(e: BaseException) -> UserError | None:
     return None
 
 
+def first_line(e: BaseException) -> str:
+    """An error's first line, or its type when it has none: the `reason` a run, job or sweep records."""
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
+
+
 def as_interrupt(e: BaseException) -> KeyboardInterrupt | None:
     """The Ctrl-C/SIGTERM that ended this failure, or None when it was not one.
 

@@ -11,3 +11,4 @@ DEMO_SCHEMA = "ecmctl/demo@1"
 METRIC_KEYS = ("AP", "AP50", "AP75", "APs", "APm", "APl", "APr", "APc", "APf")
 GROUP_KEYS = ("AP", "APr", "APc", "APf")
 BACKGROUND = "__background__"  # the name of the appended background class in a weights file
+MAX_BG_RATIO = 1e6  # r is a ratio of sampled RoIs (hundreds at most): beyond this it is a typo

@@ -18,6 +18,7 @@ data_root=OUT_DIR, data_prefix=dict(img='').
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -30,7 +31,7 @@ import numpy as np
 
 from ecmctl.core.errors import UserError
 from ecmctl.core.io import atomic_write_text
-from ecmctl.dataset.lvis import frequency_group
+from ecmctl.dataset.lvis import builtin_counts, frequency_group
 
 SHAPES: tuple[str, ...] = ("circle", "square", "triangle", "ring", "cross", "star", "diamond", "bar",
                            "crescent", "arrow", "hourglass", "semicircle")
@@ -183,12 +184,15 @@ LVIS_CATEGORIES_PER_IMAGE = 360_952 / LVIS_TRAIN_IMAGES
 FREQUENT_MIN = 101  # LVIS's rule: frequent means more than 100 training images
 
 
+@functools.cache
 def lvis_image_counts() -> dict[str, np.ndarray]:
-    """LVIS v1 train image counts per category, sorted ascending, by frequency group (r, c, f)."""
-    from ecmctl.dataset.lvis import builtin_counts
-
+    """LVIS v1 train image counts per category, sorted ascending, by frequency group (r, c, f); read once
+    (read-only arrays: every profile computation shares them)."""
     cats = builtin_counts("lvis_v1")["categories"]
-    return {g: np.sort([c["image_count"] for c in cats if c["frequency"] == g]) for g in ("r", "c", "f")}
+    out = {g: np.sort([c["image_count"] for c in cats if c["frequency"] == g]) for g in ("r", "c", "f")}
+    for values in out.values():
+        values.setflags(write=False)
+    return out
 
 
 def lvis_group_sizes(num_classes: int) -> tuple[int, int, int]:
@@ -485,19 +489,10 @@ def render_split(split: str, members: list[list[int]], specs: list[ClassSpec], w
 
 def category_records(specs: list[ClassSpec], train_anns: list[dict]) -> list[dict]:
     """LVIS categories; counts and frequency from the TRAIN split, as in LVIS (same in both files)."""
-    inst = np.zeros(len(specs), dtype=int)
-    imgs: list[set[int]] = [set() for _ in specs]
-    for a in train_anns:
-        inst[a["category_id"] - 1] += 1
-        imgs[a["category_id"] - 1].add(a["image_id"])
-    cats = []
-    for i, s in enumerate(specs):
-        cats.append({
-            "id": i + 1, "name": s.name, "synset": f"{s.name}.n.01", "synonyms": [s.name],
-            "def": s.definition, "frequency": frequency_group(len(imgs[i])),
-            "image_count": len(imgs[i]), "instance_count": int(inst[i]),
-        })
-    return cats
+    inst, imgs = _split_counts(train_anns, len(specs))
+    return [{"id": i + 1, "name": s.name, "synset": f"{s.name}.n.01", "synonyms": [s.name], "def": s.definition,
+             "frequency": frequency_group(imgs[i]), "image_count": imgs[i], "instance_count": inst[i]}
+            for i, s in enumerate(specs)]
 
 
 def describe(split: str, seed: int, profile: str) -> str:
@@ -590,7 +585,7 @@ def make_dataset(out_dir: str | os.PathLike, num_classes: int | None = None, tra
         text = _dataset_json(split, images, anns, cats, seed, profile)
         paths[split] = atomic_write_text(out / f"{split}.json", text)
 
-    t_inst, t_imgs = _split_counts(splits["train"][1], num_classes)
+    t_inst, t_imgs = [c["instance_count"] for c in cats], [c["image_count"] for c in cats]
     v_inst, v_imgs = _split_counts(splits["val"][1], num_classes)
     return {
         "out_dir": str(out),

@@ -30,13 +30,23 @@ def bootstrap_ci(trace: np.ndarray, n_boot: int = 1000, seed: int = 0) -> tuple[
     return float(lo), float(hi)
 
 
+def estimate(trace: np.ndarray, n_boot: int = 1000) -> tuple[float, float, float]:
+    """(r, lo, hi): r and its 95% bootstrap interval."""
+    return (ratio(trace), *bootstrap_ci(trace, n_boot))
+
+
+def precise_enough(est: tuple[float, float, float], iters: int, min_iters: int, rel_tol: float) -> bool:
+    """The stopping rule: at least `min_iters` iterations and a 95% interval whose half-width is below
+    rel_tol * r (`est` from `estimate`, computed once per iteration for the progress bar and this rule)."""
+    r, lo, hi = est
+    return iters >= max(min_iters, 2) and math.isfinite(r) and r > 0 and (hi - lo) / 2 <= rel_tol * r
+
+
 def converged(trace: np.ndarray, min_iters: int, rel_tol: float, n_boot: int) -> bool:
-    """At least `min_iters` iterations and a 95% interval whose half-width is below rel_tol * r."""
+    """`precise_enough` for a trace (no bootstrap before `min_iters` iterations)."""
     if len(trace) < max(min_iters, 2):
         return False
-    r = ratio(trace)
-    lo, hi = bootstrap_ci(trace, n_boot)
-    return math.isfinite(r) and r > 0 and (hi - lo) / 2 <= rel_tol * r
+    return precise_enough(estimate(trace, n_boot), len(trace), min_iters, rel_tol)
 
 
 def summarize(traces: Sequence[np.ndarray], n_boot: int = 1000) -> list[dict]:

@@ -4,19 +4,18 @@ from __future__ import annotations
 
 import math
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 import numpy as np
 
 from ecmctl.core.errors import UserError
 from ecmctl.core.io import atomic_write_json, check_output, load_schema
-from ecmctl.core.schemas import BACKGROUND, WEIGHTS_SCHEMA
+from ecmctl.core.schemas import BACKGROUND, MAX_BG_RATIO, WEIGHTS_SCHEMA
 from ecmctl.dataset.counting import load_counts
 from ecmctl.dataset.lvis import BUILTIN_COUNTS
-from ecmctl.ecm.margins import compute_margins
+from ecmctl.ecm.margins import Margins, compute_margins
 
-MAX_BG_RATIO = 1e6  # r is a ratio of sampled RoIs (hundreds at most): beyond this it is a typo
-NUMERIC = ("n_pos", "n_neg", "margin_pos", "margin_neg", "log_w_pos", "log_w_neg", "det_weight")
+NUMERIC = tuple(f.name for f in fields(Margins))  # the per-class numbers of a weights file
 
 
 def weights_document(counts: dict, counts_sha256: str, bg_ratio: float | None = None,

@@ -11,7 +11,7 @@ import urllib.request
 from pathlib import Path
 from urllib.parse import urlparse
 
-from ecmctl.core.errors import UserError
+from ecmctl.core.errors import UserError, first_line
 
 DOWNLOAD_TIMEOUT_S = 20
 
@@ -83,11 +83,6 @@ def ensure_checkpoint(name: str, say=print, timeout: float = DOWNLOAD_TIMEOUT_S)
     return path
 
 
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip()
-    return text.splitlines()[0] if text else type(e).__name__
-
-
 def read_state_dict(path: str | os.PathLike) -> dict:
     """The model tensors of a checkpoint file (mmengine's `state_dict`, or a bare state dict), with the
     `module.` prefix of DDP-wrapped models removed as mmengine does. A missing, truncated or foreign file is
@@ -100,7 +95,7 @@ def read_state_dict(path: str | os.PathLike) -> dict:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=False)
     except Exception as e:  # truncated zip, a JSON or text file, an empty file, ...
-        raise UserError(f"{path}: not a readable PyTorch checkpoint ({_first_line(e)}); pass an iter_*.pth "
+        raise UserError(f"{path}: not a readable PyTorch checkpoint ({first_line(e)}); pass an iter_*.pth "
                         "or epoch_*.pth that training wrote") from None
     state = obj.get("state_dict", obj) if isinstance(obj, dict) else None
     if not isinstance(state, dict) or not state or not all(isinstance(v, torch.Tensor) for v in state.values()):

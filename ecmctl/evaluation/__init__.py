@@ -12,7 +12,7 @@ Modules, one job each:
   streaming   StreamingLVISEval: process(image) -> state() -> merge(states) -> summarize()
   files       evaluate_files (a results file), evaluate_detections (re-score detection shards)
   detections  detection shards: compact per-rank files of a run's raw detections
-  metric      StreamingLVISMetric, the mmengine metric (imports mmengine; not imported here)
+The mmengine metric on top of it is ecmctl.engine.lvis_stream_metric.StreamingLVISMetric (imports mmengine).
 """
 
 from ecmctl.evaluation.files import evaluate_detections, evaluate_files

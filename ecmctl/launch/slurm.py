@@ -8,7 +8,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
-from ecmctl.core.errors import as_interrupt
+from ecmctl.core.errors import as_interrupt, first_line
 from ecmctl.core.runs import RunDir, now
 from ecmctl.launch.task import Task
 
@@ -50,9 +50,7 @@ class SlurmJob:
         except BaseException as e:  # failed (submitit records the traceback), or SIGINT/SIGTERM without requeue
             if (stop := as_interrupt(e)) is None:
                 if rank0:
-                    text = str(e).strip()
-                    run.update(status="failed", stopped=now(), slurm_job=slurm_job_id(),
-                               reason=text.splitlines()[0] if text else type(e).__name__)
+                    run.update(status="failed", stopped=now(), slurm_job=slurm_job_id(), reason=first_line(e))
                 raise
             if rank0:  # scancel: resumable
                 run.update(status="interrupted", stopped=now())

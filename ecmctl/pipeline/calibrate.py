@@ -17,7 +17,7 @@ import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
 from ecmctl.core.environment import require_device
-from ecmctl.core.errors import UserError, as_interrupt
+from ecmctl.core.errors import UserError, as_interrupt, first_line
 from ecmctl.core.io import atomic_write_json, atomic_write_text, check_output, check_writable, make_dirs
 from ecmctl.core.runs import new_run_dir, now
 from ecmctl.core.schemas import CALIBRATION_SCHEMA, WEIGHTS_SCHEMA
@@ -100,7 +100,7 @@ def run_calibration(cfg: DictConfig, out_dir: str | Path | None, say: Say = prin
     except BaseException as e:
         if (stop := as_interrupt(e)) is None:
             atomic_write_json(status, {"status": "failed", "stopped": now(),
-                                       "reason": (str(e).strip().splitlines() or [type(e).__name__])[0]})
+                                       "reason": first_line(e)})
             raise
         atomic_write_json(status, {"status": "interrupted", "stopped": now()})
         raise stop from stop.__cause__  # the library error that hid it, if any

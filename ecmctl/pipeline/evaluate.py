@@ -17,12 +17,11 @@ from ecmctl.core.errors import UserError
 from ecmctl.core.io import atomic_write_json, atomic_write_text, check_output, load_schema, make_dirs, sha256_file
 from ecmctl.core.runs import HYDRA_CONFIG, MM_CONFIG, RunDir, now
 from ecmctl.core.schemas import METRICS_SCHEMA
-from ecmctl.engine.builder import apply_eval_protocol
 from ecmctl.engine.checkpoints import check_checkpoint
 from ecmctl.engine.runner import load_run_config
 from ecmctl.evaluation import evaluate_detections, evaluate_files
 from ecmctl.evaluation.detections import shard_paths
-from ecmctl.evaluation.params import PER_CLASS_KEYS
+from ecmctl.evaluation.params import MAX_DETS, PER_CLASS_KEYS, TOPK
 from ecmctl.launch import Task, launch
 
 METRICS_JSON = "metrics.json"
@@ -79,6 +78,8 @@ def parse_metrics(raw: dict) -> dict:
 def eval_mm_config(run: RunDir, checkpoint: Path, cfg: DictConfig, shard_dir: Path | None):
     """The run's mmdet config set up for testing `checkpoint` with the protocol of `cfg.eval`."""
     from mmengine.config import Config
+
+    from ecmctl.engine.builder import apply_eval_protocol  # mmdet and torch: not for `eval --reuse`, `report`
 
     mm = Config.fromfile(str(run.path / MM_CONFIG))
     mm.work_dir = str((run.path / EVAL_DIR).resolve())
@@ -213,14 +214,14 @@ def write_metrics(run_dir: Path, doc: dict) -> dict:
 
 
 def evaluate_results_file(gt: str | Path, results: str | Path, iou_type: str = "bbox", protocol: str = "standard",
-                          out: str | Path | None = None, topk: int = 10_000) -> dict:
+                          out: str | Path | None = None, topk: int = TOPK) -> dict:
     """`ecmctl eval --gt ANNOTATIONS.json --results RESULTS.json`: an LVIS-format results file (lvis-api,
     detectron2 and mmdet write them), scored without a run directory or a model, as metrics@1."""
     if out is not None:
         out = check_output(out, schema=METRICS_SCHEMA, inputs=(gt, results))
     summary = evaluate_files(gt, results, iou_type, protocol, topk=topk)
     doc = {"schema": METRICS_SCHEMA, "gt": str(gt), "results": str(results), "evaluated": now(),
-           "protocol": {"protocol": protocol, "iou_type": iou_type, "max_per_img": 300, "topk": topk},
+           "protocol": {"protocol": protocol, "iou_type": iou_type, "max_per_img": MAX_DETS, "topk": topk},
            **_sections(iou_type, protocol, summary)}
     if out is not None:
         atomic_write_json(out, doc)

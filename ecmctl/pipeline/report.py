@@ -32,13 +32,12 @@ from ecmctl.core.io import (
     make_dirs,
     same_file,
 )
-from ecmctl.core.runs import RUN_JSON, RunDir
+from ecmctl.core.runs import RunDir
 from ecmctl.core.schemas import (
     BACKGROUND,
     CALIBRATION_SCHEMA,
     COUNTS_SCHEMA,
     GROUP_KEYS,
-    RUN_SCHEMA,
     WEIGHTS_SCHEMA,
 )
 
@@ -80,21 +79,12 @@ class ReportRun:
 # ----------------------------------------------------------------------------------------------- loading
 
 
-def _input_path(run_dir: Path, meta: dict, key: str) -> Path | None:
-    """The file recorded under inputs[key]: its path as given (absolute or relative to the current
-    directory), else RUN/inputs/<basename> (a run directory that was moved or copied)."""
-    entry = (meta.get("inputs") or {}).get(key)
-    if not entry:
-        return None
-    given = entry.get("path") if isinstance(entry, dict) else entry
-    if not given:
-        return None
-    candidates = [Path(given), run_dir / "inputs" / Path(given).name]
-    for p in candidates:
-        if p.is_file():
-            return p
-    raise UserError(f"{run_dir}: input {key!r} ({given}) not found, nor {candidates[1]}; "
-                    "restore the file or re-run `ecmctl train`")
+def _input_path(run: RunDir, key: str) -> Path | None:
+    """The run's own copy of input `key` (None when the run has none); a recorded input that is gone is an error."""
+    path = run.input_path(key)
+    if path is not None and not path.is_file():
+        raise UserError(f"{run.path}: input {key!r} not found at {path}; restore the file or re-run `ecmctl train`")
+    return path
 
 
 def _weights_key(meta: dict) -> str | None:
@@ -139,20 +129,20 @@ def load_run(run_dir: str | os.PathLike, index: int = 0) -> ReportRun:
     """Open a run directory and every file the report needs from it (UserError on anything missing)."""
     from ecmctl.pipeline.evaluate import load_metrics
 
-    path = RunDir.open(run_dir).path
-    meta = load_schema(path / RUN_JSON, RUN_SCHEMA)
+    rundir = RunDir.open(run_dir)  # checks run.json's schema
+    path, meta = rundir.path, rundir.meta
     metrics = load_metrics(path)  # "no metrics.json; run `ecmctl eval RUN` first"
     run = ReportRun(path=path, label=str(meta.get("name") or path.parent.name), meta=meta, metrics=metrics,
                     index=index)
-    counts = _input_path(path, meta, "counts")
+    counts = _input_path(rundir, "counts")
     if counts is not None:
         run.counts = load_schema(counts, COUNTS_SCHEMA)
     run.weights_key = _weights_key(meta)
     if run.weights_key:
-        run.weights = load_schema(_input_path(path, meta, run.weights_key), WEIGHTS_SCHEMA)
+        run.weights = load_schema(_input_path(rundir, run.weights_key), WEIGHTS_SCHEMA)
         if not isinstance(run.weights.get("classes"), list) or not run.weights["classes"]:
             raise UserError(f"{path}: weights input has no 'classes'; regenerate it with `ecmctl weights`")
-    cal = _input_path(path, meta, "calibration")
+    cal = _input_path(rundir, "calibration")
     if cal is not None:
         run.calibration = load_schema(cal, CALIBRATION_SCHEMA)
     run.log = load_train_log(path)

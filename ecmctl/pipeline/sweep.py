@@ -11,7 +11,7 @@ import traceback
 from pathlib import Path
 
 from ecmctl.core.config import compose, expand_sweep
-from ecmctl.core.errors import as_user_error
+from ecmctl.core.errors import as_user_error, first_line
 from ecmctl.core.io import atomic_write_json
 from ecmctl.core.runs import new_run_dir, now
 from ecmctl.core.schemas import SWEEP_SCHEMA
@@ -23,8 +23,7 @@ from ecmctl.pipeline import train as training
 def _failed(entry: dict, e: BaseException) -> None:
     """Record a job's failure: the one-line reason, and for a bug (not a user error) its traceback."""
     user = as_user_error(e)
-    text = str(user if user is not None else e).strip()
-    entry.update(status="failed", reason=text.splitlines()[0] if text else type(e).__name__)
+    entry.update(status="failed", reason=first_line(user if user is not None else e))
     if user is None:
         entry["traceback"] = "".join(traceback.format_exception(type(e), e, e.__traceback__))
 

@@ -12,7 +12,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from ecmctl.core.config import to_yaml
 from ecmctl.core.environment import device_name, require_device, versions
-from ecmctl.core.errors import UserError, as_interrupt
+from ecmctl.core.errors import UserError, as_interrupt, first_line
 from ecmctl.core.io import atomic_write_text, check_output, check_writable
 from ecmctl.core.runs import HYDRA_CONFIG, MM_CONFIG, RunDir, git_commit, new_run_dir, now
 from ecmctl.engine.builder import base_config, build_mm_config, pretrained_checkpoint
@@ -171,7 +171,7 @@ def prepare(cfg: DictConfig, overrides: list[str], say: Say = print,
     except BaseException as e:
         run.unlock()
         if (stop := as_interrupt(e)) is None:
-            run.update(status="failed", stopped=now(), reason=_reason(e))
+            run.update(status="failed", stopped=now(), reason=first_line(e))
             raise
         run.update(status="interrupted", stopped=now(), reason="interrupted while preparing, before training")
         say(f"interrupted before training started; {run.path} cannot be resumed, start a new run")
@@ -179,11 +179,6 @@ def prepare(cfg: DictConfig, overrides: list[str], say: Say = print,
     run.update(status="ready", **_bg_ratio_used(run),
                **({"allow_foreign_weights": True, "foreign_inputs": foreign} if foreign else {}))
     return run
-
-
-def _reason(e: BaseException) -> str:
-    text = str(e).strip()
-    return text.splitlines()[0] if text else type(e).__name__
 
 
 def _bg_ratio_used(run: RunDir) -> dict:
@@ -272,7 +267,7 @@ def launch_run(run: RunDir, cfg: DictConfig, resume: bool, say: Say) -> RunDir:
         launch(train_task(run.path, resume), cfg.launcher, say, device=cfg.device)
     except BaseException as e:
         if (stop := as_interrupt(e)) is None:
-            run.update(status="failed", stopped=now(), reason=_reason(e))
+            run.update(status="failed", stopped=now(), reason=first_line(e))
             raise
         run.update(status="interrupted", stopped=now())
         say(f"interrupted; continue with `ecmctl train --resume {run.path}`")

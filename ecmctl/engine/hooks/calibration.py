@@ -4,6 +4,7 @@ model computes exactly what it would without it. Rank 0 writes the traces; `ecm.
 
 from __future__ import annotations
 
+import itertools
 import json
 
 import numpy as np
@@ -12,7 +13,7 @@ from mmengine.hooks import Hook
 from mmengine.registry import HOOKS
 
 from ecmctl.core.io import atomic_write_text
-from ecmctl.ecm.background import bootstrap_ci, converged, ratio
+from ecmctl.ecm.background import estimate, precise_enough
 from ecmctl.engine.compat import scope_registry
 
 TRACE_JSON = "bg_fg_trace.json"
@@ -93,11 +94,14 @@ class CalibrationHook(Hook):
         for trace, (fg, bg) in zip(self.traces, counts.tolist()):
             trace.append((int(fg), int(bg)))
         arrays = self.arrays()
-        if self._bar is not None and arrays:
-            r = ratio(arrays[0])
-            lo, hi = bootstrap_ci(arrays[0], self.bootstrap)  # the same interval as the final summary
+        if not arrays:
+            return
+        first = estimate(arrays[0], self.bootstrap)  # the same interval as the final summary
+        if self._bar is not None:
+            r, lo, hi = first
             self._bar.update(self._task, advance=1, status=f"r={r:.3f} [{lo:.3f}, {hi:.3f}]")
-        if arrays and all(converged(a, self.min_iters, self.rel_tol, self.bootstrap) for a in arrays):
+        ests = itertools.chain([first], (estimate(a, self.bootstrap) for a in arrays[1:]))  # lazy: all() stops early
+        if all(precise_enough(e, len(a), self.min_iters, self.rel_tol) for e, a in zip(ests, arrays)):
             runner.train_loop.stop_training = True
 
     def after_train(self, runner) -> None:
