@@ -18,6 +18,15 @@ from ecmctl.ecm.margins import Margins, compute_margins
 NUMERIC = tuple(f.name for f in fields(Margins))  # the per-class numbers of a weights file
 
 
+def weights_file_names(stages: int) -> list[str]:
+    """The weights files of a calibration or run with `stages` RoI stages: weights.json, or one
+    weights_stage{i}.json per Cascade stage. Their stems are the keys under a run's inputs."""
+    return ["weights.json"] if stages == 1 else [f"weights_stage{i}.json" for i in range(stages)]
+
+
+EVERY_WEIGHTS_FILE = (*weights_file_names(1), *weights_file_names(3))  # one RoI stage, or a 3-stage Cascade
+
+
 def weights_document(counts: dict, counts_sha256: str, bg_ratio: float | None = None,
                      min_count: int | None = None, source: str = "counts") -> dict:
     """Compute the weights document (schema ecmctl/weights@1) for every class in counts order. It records

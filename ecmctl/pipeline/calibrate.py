@@ -22,7 +22,7 @@ from ecmctl.core.io import atomic_write_json, atomic_write_text, check_output, c
 from ecmctl.core.runs import new_run_dir, now
 from ecmctl.core.schemas import CALIBRATION_SCHEMA, WEIGHTS_SCHEMA
 from ecmctl.ecm.background import summarize
-from ecmctl.ecm.weights import write_weights
+from ecmctl.ecm.weights import EVERY_WEIGHTS_FILE, weights_file_names, write_weights
 from ecmctl.engine.builder import base_config, build_mm_config
 from ecmctl.engine.hooks.calibration import TRACE_JSON
 from ecmctl.launch import Task, launch
@@ -66,7 +66,7 @@ def check_out_dir(out: Path) -> None:
         raise UserError(f"{out}: exists and is not a directory; choose another -o directory")
     if out.is_dir():
         check_output(out / CALIBRATION_JSON, CALIBRATION_SCHEMA)
-        for name in ("weights.json", *(f"weights_stage{i}.json" for i in range(3))):
+        for name in EVERY_WEIGHTS_FILE:
             check_output(out / name, WEIGHTS_SCHEMA)
     check_writable(out, "-o")
 
@@ -123,8 +123,7 @@ def _calibrate(cfg: DictConfig, out: Path, kind: str, counts_file: Path, counts_
         r = float(c.bg_ratio)
         stages = 3 if kind == "cascade" else 1
         say(f"calibrate.bg_ratio={r:g}: the fixed background ratio for every RoI stage (nothing measured)")
-        for i in range(stages):
-            name = "weights.json" if stages == 1 else f"weights_stage{i}.json"
+        for name in weights_file_names(stages):
             write_weights(counts_file, out / name, bg_ratio=r)
             result.weights_files.append(str(out / name))
         result.r, result.bg_ratio_source = r, "fixed"
@@ -134,11 +133,10 @@ def _calibrate(cfg: DictConfig, out: Path, kind: str, counts_file: Path, counts_
         loss = cfg.loss if cfg.loss.type != "ecm" else OmegaConf.create({"name": "bce", "type": "bce"})
         traces = _measure(cfg, out, class_names(counts_doc), loss, say)
         stages = summarize(traces, int(c.bootstrap))
-        for st in stages:
+        for st, name in zip(stages, weights_file_names(len(stages))):
             if not (math.isfinite(st["r"]) and st["r"] > 0):
                 raise UserError(f"stage {st['stage']}: no foreground RoIs in {st['iters']} iterations; "
                                 "raise calibrate.max_iters or check the dataset's annotations")
-            name = "weights.json" if len(stages) == 1 else f"weights_stage{st['stage']}.json"
             write_weights(counts_file, out / name, bg_ratio=st["r"])
             result.weights_files.append(str(out / name))
         result.iters, result.r, result.ci95 = len(traces[0]), stages[0]["r"], stages[0]["ci95"]

@@ -89,19 +89,14 @@ def run_demo(overrides: list[str] = (), say=print) -> dict:
     return summary
 
 
-def _value(doc: dict, iou: str, key: str) -> float | None:
-    v = (doc.get(iou) or {}).get(key)
-    return float(v) if stats.defined(v) else None
-
-
 def seed_stats(bce: list[dict], ecm: list[dict], keys: tuple[str, ...] = DEMO_METRICS) -> dict:
     """{iou: {metric: {"bce": summary, "ecm": summary, "diff": ECM − BCE paired by seed}}} (seeds.compare);
     an IoU type or metric that no run reports is left out."""
     out: dict = {}
     for iou in DEMO_SECTIONS:
         for key in keys:
-            b = [_value(d, iou, key) for d in bce]
-            e = [_value(d, iou, key) for d in ecm]
+            b = [stats.metric_value(d, iou, key) for d in bce]
+            e = [stats.metric_value(d, iou, key) for d in ecm]
             if all(v is None for v in b + e):
                 continue
             c = stats.compare(b, e)
@@ -114,7 +109,7 @@ def mean_metrics(docs: list[dict], keys: tuple[str, ...] = DEMO_METRICS) -> dict
     out: dict = {}
     for iou in DEMO_SECTIONS:
         for key in keys:
-            vals = [v for v in (_value(d, iou, key) for d in docs) if v is not None]
+            vals = [v for v in (stats.metric_value(d, iou, key) for d in docs) if v is not None]
             if vals:
                 out.setdefault(iou, {})[key] = sum(vals) / len(vals)
     return out

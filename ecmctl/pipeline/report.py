@@ -40,6 +40,7 @@ from ecmctl.core.schemas import (
     GROUP_KEYS,
     WEIGHTS_SCHEMA,
 )
+from ecmctl.pipeline.seeds import metric_value
 
 REPORT_MD = "report.md"
 DPI = 110
@@ -165,14 +166,6 @@ def _unique_labels(runs: list[ReportRun]) -> None:
         taken.add(r.label)
 
 
-def _metric(doc: dict, iou: str, key: str) -> float | None:
-    """A metric in [0, 1], or None when absent or undefined (-1, NaN)."""
-    v = (doc.get(iou) or {}).get(key)
-    if not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
-        return None
-    return float(v)
-
-
 # ----------------------------------------------------------------------------------------------- writing
 
 
@@ -294,7 +287,7 @@ def figure_ap_by_group(runs: list[ReportRun]):
     for ax, (iou, label) in zip(axes, ious, strict=True):
         top = 0.0
         for r in runs:
-            vals = [_metric(r.metrics, iou, k) for k in GROUP_KEYS]
+            vals = [metric_value(r.metrics, iou, k) for k in GROUP_KEYS]
             h = np.array([100 * v if v is not None else np.nan for v in vals])
             pos = x - 0.4 + width * (r.index + 0.5)
             ax.bar(pos, np.nan_to_num(h), width * 0.95, color=r.color, label=r.label)
@@ -485,7 +478,7 @@ def metrics_markdown(runs: list[ReportRun]) -> list[str]:
              "|---|" + "---:|" * len(cols)]
     first = runs[0]
     for r in runs:
-        cells = [_cell(_metric(r.metrics, iou, k), _metric(first.metrics, iou, k), r is first)
+        cells = [_cell(metric_value(r.metrics, iou, k), metric_value(first.metrics, iou, k), r is first)
                  for iou, k, _ in cols]
         lines.append(f"| {_md(r.label)} | " + " | ".join(cells) + " |")
     paper = (first.metrics.get("recipe") or {}).get("paper") or {}

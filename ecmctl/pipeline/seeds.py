@@ -29,6 +29,12 @@ def defined(v) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v >= 0
 
 
+def metric_value(doc: dict, iou: str, key: str) -> float | None:
+    """metrics.json's `doc[iou][key]`, or None when absent or undefined (-1, NaN)."""
+    v = (doc.get(iou) or {}).get(key)
+    return float(v) if defined(v) else None
+
+
 def mean(xs: Sequence[float]) -> float | None:
     return sum(xs) / len(xs) if xs else None
 

@@ -15,6 +15,7 @@ from ecmctl.core.environment import device_name, require_device, versions
 from ecmctl.core.errors import UserError, as_interrupt, first_line
 from ecmctl.core.io import atomic_write_text, check_output, check_writable
 from ecmctl.core.runs import HYDRA_CONFIG, MM_CONFIG, RunDir, git_commit, new_run_dir, now
+from ecmctl.ecm.weights import EVERY_WEIGHTS_FILE, weights_file_names
 from ecmctl.engine.builder import base_config, build_mm_config, pretrained_checkpoint
 from ecmctl.engine.checkpoints import ensure_checkpoint, read_state_dict
 from ecmctl.launch import launch, train_task
@@ -48,7 +49,7 @@ class RunPlan:
         """The run's own copies of the weights file(s), relative to the run directory."""
         if loss_type != "ecm":
             return None
-        return ["inputs/weights.json"] if self.stages == 1 else [f"inputs/weights_stage{i}.json" for i in range(3)]
+        return [f"inputs/{name}" for name in weights_file_names(self.stages)]
 
 
 def plan_run(cfg: DictConfig) -> RunPlan:
@@ -185,8 +186,8 @@ def _bg_ratio_used(run: RunDir) -> dict:
     """Which background ratio r the run's ECM weights were made with, per RoI stage, and how."""
     from ecmctl.core.io import load_json
 
-    ratios = [load_json(p)["bg_ratio"] for key in ("weights", "weights_stage0", "weights_stage1", "weights_stage2")
-              if (p := run.input_path(key)) is not None]
+    ratios = [load_json(p)["bg_ratio"] for name in EVERY_WEIGHTS_FILE
+              if (p := run.input_path(Path(name).stem)) is not None]
     cal = run.input_path("calibration")
     source = load_json(cal).get("bg_ratio_source", "measured") if cal else "given"
     return {"bg_ratio": ratios, "bg_ratio_source": source} if ratios else {}
