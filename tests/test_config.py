@@ -11,7 +11,7 @@ from ecmctl.cli import app
 from ecmctl.core.config import choices, compose, expand_sweep
 from ecmctl.core.errors import UserError
 from ecmctl.engine.builder import base_config, build_mm_config
-from ecmctl.losses.placement import apply_loss, detector_kind, roi_bbox_heads
+from ecmctl.engine.placement import apply_loss, detector_kind, roi_bbox_heads
 
 CLASSES = [f"class{i}" for i in range(6)]
 DETECTORS = choices("detector")

@@ -14,7 +14,7 @@ import typing
 from dataclasses import dataclass, field, fields, is_dataclass
 from typing import Any
 
-from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
+from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
 
 from ecmctl.core.errors import UserError
@@ -363,7 +363,3 @@ def _check_cross(c: RootConf) -> None:
                                                         all(isinstance(w, str) for w in wf))):
         raise UserError(f"config key 'weights_file' = {_fmt(wf)}: a path, or a list of paths (one per "
                         "Cascade stage)")
-
-
-def to_plain(cfg: DictConfig | ListConfig) -> Any:
-    return OmegaConf.to_container(cfg, resolve=True)

@@ -14,7 +14,7 @@ import subprocess
 from pathlib import Path
 
 from ecmctl.core.errors import UserError
-from ecmctl.core.io import atomic_write_json, load_json, sha256_file
+from ecmctl.core.io import atomic_write_json, load_json, load_schema, sha256_file
 from ecmctl.core.schemas import RUN_SCHEMA
 
 RUN_JSON = "run.json"
@@ -64,9 +64,7 @@ class RunDir:
         run = cls(path)
         if not (run.path / RUN_JSON).is_file():
             raise UserError(f"{path}: not an ecmctl run directory (no {RUN_JSON}); pass runs/<name>/<timestamp>")
-        meta = load_json(run.path / RUN_JSON)
-        if meta.get("schema") != RUN_SCHEMA:
-            raise UserError(f"{run.path / RUN_JSON}: field 'schema' is {meta.get('schema')!r}, expected {RUN_SCHEMA!r}")
+        load_schema(run.path / RUN_JSON, RUN_SCHEMA)
         return run
 
     @property

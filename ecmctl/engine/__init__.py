@@ -1,6 +1,7 @@
 """The only coupling to mmengine/mmdet beyond the losses: Hydra config -> mmdet config, Runners, hooks.
 
-builder (mmdet config from ecmctl's config) · runner (per-rank train/test functions, distributed init)
+builder (mmdet config from ecmctl's config) · placement (the chosen loss into any detector's heads, config
+only, no torch) · runner (per-rank train/test functions, distributed init)
 · hooks (calibration, progress) · loops (resumable epoch loop) · lvis_stream_metric (the streaming LVIS
 metric) · checkpoints (backbone weights) · compat (old-stack workarounds).
 """

@@ -12,7 +12,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from ecmctl.core.errors import UserError
-from ecmctl.losses.placement import apply_loss, apply_normed_head
+from ecmctl.engine.placement import apply_loss, apply_normed_head
 
 # ecmctl's launcher -> mmengine's `launcher` (how each rank initialises torch.distributed)
 MM_LAUNCHERS = {"local": "none", "torchrun": "pytorch", "slurm": "slurm"}

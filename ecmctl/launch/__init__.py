@@ -10,9 +10,9 @@ import os
 from omegaconf import DictConfig
 
 from ecmctl.core.errors import UserError
-from ecmctl.launch.task import Task, train_task
+from ecmctl.launch.task import Task, eval_task, train_task
 
-__all__ = ["Task", "launch", "train_task", "world_size"]
+__all__ = ["Task", "launch", "eval_task", "train_task", "world_size"]
 
 
 def launch(task: Task, launcher: DictConfig, say, device: str = "auto") -> None:

@@ -143,8 +143,8 @@ def slurm_executor(lc: DictConfig, folder: str | Path, cluster: str | None = Non
     return ex
 
 
-def submit_slurm(task: Task, lc: DictConfig, say, cluster: str | None = None):
-    ex = slurm_executor(lc, lc.folder, cluster)
+def submit_slurm(task: Task, lc: DictConfig, say):
+    ex = slurm_executor(lc, lc.folder)
     job = ex.submit(SlurmJob(task))
     say(f"submitted {ex.cluster} job {job.job_id}; logs in {lc.folder}")
     return job

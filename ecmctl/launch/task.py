@@ -44,5 +44,11 @@ class Task:
         return cls(**json.loads(text))
 
 
-def train_task(run_dir: str | Path, resume: bool = False) -> Task:
-    return Task("ecmctl.engine.runner:train_run", str(run_dir), {"resume": bool(resume)})
+def train_task(run_dir: str | Path, resume: bool = False, **kwargs: Any) -> Task:
+    """engine.runner.train_run in `run_dir` (kwargs: its `config`, ...)."""
+    return Task("ecmctl.engine.runner:train_run", str(run_dir), {"resume": bool(resume), **kwargs})
+
+
+def eval_task(run_dir: str | Path, **kwargs: Any) -> Task:
+    """engine.runner.test_run in `run_dir` (kwargs: its `config` and `out`)."""
+    return Task("ecmctl.engine.runner:test_run", str(run_dir), kwargs)

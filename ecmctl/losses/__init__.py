@@ -1,7 +1,7 @@
 """ECM losses for mmdet 3: importing this package registers them in mmdet's MODELS registry.
 
-ecm_loss (RoI heads, C+1 sigmoid outputs) · ecm_focal_loss (dense heads) · ecm_varifocal_loss (VarifocalNet)
-· placement (puts the chosen loss into any detector config, no model built).
+ecm_loss (RoI heads, C+1 sigmoid outputs) · ecm_focal_loss (dense heads) · ecm_varifocal_loss (VarifocalNet).
+Putting them into a detector config is ecmctl.engine.placement's job (no torch needed for that).
 
 Use from a config with ``custom_imports=dict(imports=['ecmctl.losses'], allow_failed_imports=False)``
 and ``loss_cls=dict(type='ECMLoss', weights_file=...)`` (RoI heads),

@@ -14,8 +14,8 @@ import os
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 from mmdet.models.losses.utils import weight_reduce_loss
+from mmdet.models.losses.varifocal_loss import varifocal_loss
 from mmdet.registry import MODELS
 from torch import Tensor
 
@@ -25,13 +25,10 @@ from ecmctl.losses.ecm_loss import attach_class_weights, autocast_off, full_prec
 
 def ecm_varifocal_loss(pred: Tensor, target: Tensor, bias: Tensor, det_weight: Tensor, alpha: float = 0.75,
                        gamma: float = 2.0, iou_weighted: bool = True) -> Tensor:
-    """Element-wise (N × C) ECM varifocal loss of logits ``pred`` for IoU-aware targets ``target`` (N × C)."""
+    """Element-wise (N × C) ECM varifocal loss of logits ``pred`` for IoU-aware targets ``target`` (N × C):
+    mmdet's own varifocal loss of the surrogate logits z, times m."""
     z = torch.add(bias, pred, alpha=2.0)
-    p = torch.sigmoid(z)
-    pos = (target > 0.0).to(z.dtype)
-    positive_weight = target * pos if iou_weighted else pos
-    focal_weight = positive_weight + alpha * (p - target).abs().pow(gamma) * (1.0 - pos)
-    return F.binary_cross_entropy_with_logits(z, target, reduction="none") * focal_weight * det_weight
+    return varifocal_loss(z, target, alpha=alpha, gamma=gamma, iou_weighted=iou_weighted, reduction="none") * det_weight
 
 
 @MODELS.register_module()

@@ -24,12 +24,12 @@ from ecmctl.core.schemas import CALIBRATION_SCHEMA, WEIGHTS_SCHEMA
 from ecmctl.ecm.background import summarize
 from ecmctl.ecm.weights import EVERY_WEIGHTS_FILE, weights_file_names, write_weights
 from ecmctl.engine.builder import base_config, build_mm_config
-from ecmctl.engine.hooks.calibration import TRACE_JSON
-from ecmctl.launch import Task, launch
-from ecmctl.losses.placement import detector_kind
+from ecmctl.engine.placement import detector_kind
+from ecmctl.launch import launch, train_task
 from ecmctl.pipeline.prepare import Say, class_names, ensure_counts
 
 CALIBRATION_JSON = "calibration.json"
+TRACE_JSON = "bg_fg_trace.json"  # the calibration hook's per-iteration fg/bg counts (its out_file)
 CALIBRATION_MM_CONFIG = "calibration_mmdet_config.py"
 
 
@@ -165,7 +165,6 @@ def _measure(cfg: DictConfig, out: Path, classes: list[str], loss: DictConfig, s
     # a short run on this node only: under torchrun its processes (a multi-node job's other nodes join later)
     launcher = (OmegaConf.merge(cfg.launcher, {"nnodes": 1, "node_rank": 0}) if cfg.launcher.name == "torchrun"
                 else OmegaConf.create({"name": "local"}))
-    launch(Task("ecmctl.engine.runner:train_run", str(out), {"config": CALIBRATION_MM_CONFIG}), launcher, say,
-           device=cfg.device)
+    launch(train_task(out, config=CALIBRATION_MM_CONFIG), launcher, say, device=cfg.device)
     traces = json.loads(trace_file.read_text())["traces"]
     return [np.asarray(t, dtype=np.float64).reshape(-1, 2) for t in traces]

@@ -22,7 +22,7 @@ from ecmctl.engine.runner import load_run_config
 from ecmctl.evaluation import evaluate_detections, evaluate_files
 from ecmctl.evaluation.detections import shard_paths
 from ecmctl.evaluation.params import MAX_DETS, PER_CLASS_KEYS, TOPK
-from ecmctl.launch import Task, launch
+from ecmctl.launch import eval_task, launch
 
 METRICS_JSON = "metrics.json"
 METRICS_PREV_JSON = "metrics.prev.json"  # the metrics.json an evaluation replaced
@@ -126,8 +126,7 @@ def evaluate(run_dir: str | Path, checkpoint: str | Path | None = None, override
     atomic_write_text(eval_dir / EVAL_MM_CONFIG, eval_mm_config(run, ckpt, cfg, partial).pretty_text)
     raw_file = eval_dir / EVAL_RAW
     raw_file.unlink(missing_ok=True)
-    task = Task("ecmctl.engine.runner:test_run", str(run.path),
-                {"config": f"{EVAL_DIR}/{EVAL_MM_CONFIG}", "out": f"{EVAL_DIR}/{EVAL_RAW}"})
+    task = eval_task(run.path, config=f"{EVAL_DIR}/{EVAL_MM_CONFIG}", out=f"{EVAL_DIR}/{EVAL_RAW}")
     launcher = cfg.launcher if cfg.launcher.name == "torchrun" else OmegaConf.create({"name": "local"})
     launch(task, launcher, say, device=cfg.get("device", "auto"))
     doc = metrics_document(run, ckpt, cfg, parse_metrics(json.loads(raw_file.read_text())))

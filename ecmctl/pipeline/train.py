@@ -18,8 +18,8 @@ from ecmctl.core.runs import HYDRA_CONFIG, MM_CONFIG, RunDir, git_commit, new_ru
 from ecmctl.ecm.weights import EVERY_WEIGHTS_FILE, weights_file_names
 from ecmctl.engine.builder import base_config, build_mm_config, pretrained_checkpoint
 from ecmctl.engine.checkpoints import ensure_checkpoint, read_state_dict
+from ecmctl.engine.placement import detector_kind
 from ecmctl.launch import launch, train_task
-from ecmctl.losses.placement import detector_kind
 from ecmctl.pipeline.calibrate import run_calibration
 from ecmctl.pipeline.prepare import (
     Say,

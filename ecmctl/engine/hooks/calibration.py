@@ -4,7 +4,6 @@ model computes exactly what it would without it. Rank 0 writes the traces; `ecm.
 
 from __future__ import annotations
 
-import itertools
 import json
 
 import numpy as np
@@ -15,8 +14,6 @@ from mmengine.registry import HOOKS
 from ecmctl.core.io import atomic_write_text
 from ecmctl.ecm.background import estimate, precise_enough
 from ecmctl.engine.compat import scope_registry
-
-TRACE_JSON = "bg_fg_trace.json"
 
 
 def built_roi_bbox_heads(model: torch.nn.Module) -> list[torch.nn.Module]:
@@ -96,20 +93,27 @@ class CalibrationHook(Hook):
         arrays = self.arrays()
         if not arrays:
             return
-        first = estimate(arrays[0], self.bootstrap)  # the same interval as the final summary
+        ready = len(arrays[0]) >= max(self.min_iters, 2)  # every stage has as many iterations
+        # one bootstrap of stage 0 per iteration serves the bar and the stopping rule (same as the final summary)
+        first = estimate(arrays[0], self.bootstrap) if self._bar is not None or ready else None
         if self._bar is not None:
             r, lo, hi = first
             self._bar.update(self._task, advance=1, status=f"r={r:.3f} [{lo:.3f}, {hi:.3f}]")
-        ests = itertools.chain([first], (estimate(a, self.bootstrap) for a in arrays[1:]))  # lazy: all() stops early
-        if all(precise_enough(e, len(a), self.min_iters, self.rel_tol) for e, a in zip(ests, arrays)):
+        if ready and all(precise_enough(first if i == 0 else estimate(a, self.bootstrap), len(a), self.min_iters,
+                                        self.rel_tol) for i, a in enumerate(arrays)):
             runner.train_loop.stop_training = True
 
-    def after_train(self, runner) -> None:
+    def _stop(self) -> None:
+        """Remove the counting hooks and stop the bar; also called by engine.runner when training fails."""
         for h in self.handles:
             h.remove()
+        self.handles = []
         if self._bar is not None:
             self._bar.stop()
             self._bar = None
+
+    def after_train(self, runner) -> None:
+        self._stop()
         if self.out_file and runner.rank == 0:
             atomic_write_text(self.out_file, json.dumps({"traces": [list(map(list, t)) for t in self.traces]}))
 
