@@ -123,7 +123,8 @@ def synth(
     image_height: int | None = typer.Option(None, "--image-height", help="Height in pixels (default: square)."),
     seed: int = typer.Option(0, "--seed", help="Random seed; the same seed gives byte-identical files."),
     repeat_looks: bool = typer.Option(False, "--repeat-looks",
-                                      help="Allow more classes than looks (96): for speed tests at LVIS size."),
+                                      help="Allow more than 192 classes (looks then repeat under numbered "
+                                           "names): for speed tests at LVIS size."),
 ) -> None:
     """Write a deterministic long-tailed dataset in LVIS v1 format.
 
