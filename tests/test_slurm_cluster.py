@@ -59,14 +59,21 @@ def _submit(overrides: list[str], tmp_path: Path, *extra: str, name: str) -> tup
 
 
 def _wait(run: RunDir, job_id: str, timeout: float = 300) -> dict:
+    """The run's final run.json, once the SLURM job has also left the queue: the job records its status
+    before submitit writes its last log lines and the process exits."""
     deadline = time.time() + timeout
     while time.time() < deadline:
         meta = run.meta
-        if meta.get("status") in ("finished", "failed"):
+        if meta.get("status") in ("finished", "failed") and not _in_queue(job_id):
             return meta
         time.sleep(1)
     state = subprocess.run(["scontrol", "show", "job", job_id.split("_")[0]], capture_output=True, text=True)
     pytest.fail(f"{run.path} not finished after {timeout:.0f}s: status {run.meta.get('status')!r}\n{state.stdout}")
+
+
+def _in_queue(job_id: str) -> bool:
+    res = subprocess.run(["squeue", "-h", "-j", job_id.split("_")[0]], capture_output=True, text=True)
+    return bool(res.stdout.strip())
 
 
 def _logs(run: RunDir) -> list[str]:
