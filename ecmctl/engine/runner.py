@@ -91,6 +91,8 @@ def _running(runner):
     try:
         with contextlib.redirect_stdout(writer) if writer else contextlib.nullcontext():
             yield
+        if runner.distributed:
+            leave_process_group(runner)
     finally:
         if writer:
             writer.flush()
@@ -98,6 +100,24 @@ def _running(runner):
             stop = getattr(hook, "_stop", None)
             if callable(stop):
                 stop()
+
+
+def leave_process_group(runner) -> None:
+    """Once every rank is done, tear the process group down while the interpreter is whole. Left to interpreter
+    shutdown, a gloo worker thread that still needs the GIL is cancelled mid-C++ and aborts the rank
+    (std::terminate, SIGABRT), and torchrun reports a finished run as failed: about one run in ten here. The DDP
+    wrapper goes first: freed during shutdown it still aborted ranks with the group destroyed (2 of 60 runs of
+    a minimal gloo+DDP script; 0 of 80 with the wrapper freed first). One task per process (torchrun worker,
+    SLURM task), so nothing needs either afterwards."""
+    import gc
+
+    import torch.distributed as dist
+
+    runner.model = None
+    gc.collect()
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
 
 
 def _distributed_on_this_host(mm) -> None:
