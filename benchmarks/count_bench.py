@@ -3,7 +3,7 @@
 The file is generated once (cached under benchmarks/.cache/) with per-category instance and image
 counts equal to LVIS v1 train (ecmctl/dataset/lvis_v1_categories.tsv), ~100k images and 1.27M polygon
 annotations (~1 GB). Each method runs in its own subprocess; its wall time, CPU time (os.wait4) and peak
-RSS (the child's own VmHWM, reported at its exit) are measured, and both results are checked against the
+RSS (the child's own VmHWM at its exit, benchmarks/peak_rss.py) are measured, and both results are checked against the
 tsv counts exactly.
 
     python benchmarks/count_bench.py              # full size (~1 GB file, LVIS needs ~10 GB RAM)
@@ -207,35 +207,14 @@ with open(sys.argv[2], "w") as f:
 """
 
 
-PEAK_RSS = """
-import atexit, runpy, sys
-out, how, what, *rest = sys.argv[1:]
-
-
-def report() -> None:  # VmHWM, which exec resets (ru_maxrss carries the parent's peak over fork and exec)
-    with open("/proc/self/status") as f:
-        kb = next(int(line.split()[1]) for line in f if line.startswith("VmHWM:"))
-    with open(out, "w") as f:
-        f.write(str(kb * 1024))
-
-
-atexit.register(report)
-sys.argv = [what, *rest]
-if how == "-m":
-    runpy.run_module(what, run_name="__main__", alter_sys=True)
-else:
-    exec(compile(what, "<script>", "exec"), {"__name__": "__main__"})
-"""
-
-
 def run_measured(cmd: list[str], env: dict | None = None) -> tuple[float, float, int, int, str]:
     """Run `python -m MODULE ...` or `python -c SCRIPT ...`; returns (wall s, CPU s, the child's own peak RSS
     in bytes, exit code, stderr tail)."""
     python, how, what, *rest = cmd
     with tempfile.TemporaryFile() as err, tempfile.NamedTemporaryFile("r") as peak:
         t0 = time.perf_counter()
-        proc = subprocess.Popen([python, "-c", PEAK_RSS, peak.name, how, what, *rest], stdout=subprocess.DEVNULL,
-                                stderr=err, env=env)
+        proc = subprocess.Popen([python, str(Path(__file__).with_name("peak_rss.py")), peak.name, how, what, *rest],
+                                stdout=subprocess.DEVNULL, stderr=err, env=env)
         _, status, usage = os.wait4(proc.pid, 0)
         wall = time.perf_counter() - t0
         proc.returncode = os.waitstatus_to_exitcode(status)

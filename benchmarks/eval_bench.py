@@ -31,6 +31,7 @@ import msgspec
 import numpy as np
 import pycocotools.mask as mask_utils
 from count_bench import reference_categories
+from peak_rss import peak_rss_bytes  # benchmarks/ is on sys.path: run as a script
 
 from ecmctl.evaluation.overlap import mask_area
 
@@ -196,16 +197,7 @@ def child(method: str, gt: str, results: str, iou: str, out: str) -> None:
     t0 = time.perf_counter()
     metrics = run(gt, results, iou)
     seconds = time.perf_counter() - t0
-    Path(out).write_text(json.dumps({"seconds": seconds, "metrics": metrics, "rss_mb": peak_rss_mb()}))
-
-
-def peak_rss_mb() -> float:
-    """This process's own peak RSS (VmHWM, which exec resets). Not rusage's ru_maxrss: Linux carries that over
-    exec, so a child forked from a benchmark that has just generated gigabytes would report the parent's size."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    raise RuntimeError("no VmHWM in /proc/self/status (Linux only)")
+    Path(out).write_text(json.dumps({"seconds": seconds, "metrics": metrics, "rss_mb": peak_rss_bytes() / 2**20}))
 
 
 def measure(method: str, gt: Path, results: Path, iou: str, tmp: Path) -> dict:
