@@ -13,8 +13,10 @@ STAMP := $(VENV)/.installed
 # torch pulls the newest setuptools, so every install step repeats the pin.
 PIN := "setuptools<81"
 DEMO_DIR ?= runs/demo
+LEADERBOARD_DIR ?= runs/leaderboard
+LEADERBOARD_LOSSES ?= [bce,ecm,seesaw,eqlv2,eql,fed]
 
-.PHONY: install test lint demo bench gpu-check-dry clean
+.PHONY: install test lint demo leaderboard bench gpu-check-dry clean
 
 install: $(STAMP)
 
@@ -35,6 +37,10 @@ lint: install
 
 demo: install
 	$(VENV)/bin/ecmctl demo --out $(DEMO_DIR)
+
+# every loss x 3 seeds on the LVIS-like synthetic set, each compared with bce by seed (not part of `make test`)
+leaderboard: install
+	$(VENV)/bin/ecmctl demo "demo.losses=$(LEADERBOARD_LOSSES)" "demo.seeds=[0,1,2]" --out $(LEADERBOARD_DIR)
 
 bench: install
 	$(PY) benchmarks/count_bench.py

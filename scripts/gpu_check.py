@@ -43,8 +43,9 @@ WINDOW = 20  # mmengine's LogProcessor window (engine/builder.py): its `time` is
 TAIL_LINES = 25
 
 # The paper's Mask R-CNN R50 row on the synthetic LVIS-size set, randomly initialised (the device machine cannot
-# download ImageNet weights); the steps cap its epoch-based schedule with train.max_iters.
-FULL_SIZE = ["recipe=ecm_r50_1x", "dataset=synth", "detector.pretrained=null"]
+# download ImageNet weights); the steps cap its epoch-based schedule with train.max_iters. One GPU at 2 images per
+# iteration, timed per iteration: no gradient accumulation to the recipe's 16 (recipe.batch_policy=scale_lr).
+FULL_SIZE = ["recipe=ecm_r50_1x", "dataset=synth", "detector.pretrained=null", "recipe.batch_policy=scale_lr"]
 
 
 @dataclass(frozen=True)

@@ -14,13 +14,13 @@ from ecmctl.engine.builder import base_config, build_mm_config
 from ecmctl.engine.placement import apply_loss, detector_kind, roi_bbox_heads
 
 CLASSES = [f"class{i}" for i in range(6)]
-DETECTORS = choices("detector")
+DETECTORS = [d for d in choices("detector") if d != "mmdet"]  # mmdet: any config, tested in test_placement.py
 
 
 def test_groups_offer_the_documented_choices():
     assert {"faster_rcnn_r50", "mask_rcnn_r50", "cascade_mask_rcnn_r50", "retinanet_r50", "fcos_r50",
             "atss_r50", "faster_rcnn_tiny", "mask_rcnn_tiny", "cascade_mask_rcnn_tiny", "atss_tiny"} <= set(DETECTORS)
-    assert {"ecm", "bce", "ce", "seesaw"} <= set(choices("loss"))
+    assert {"ecm", "bce", "ce", "seesaw", "eqlv2", "eql", "fed", "efl"} <= set(choices("loss"))
     assert {"smoke", "1x", "2x"} <= set(choices("schedule"))
     assert {"local", "torchrun", "slurm"} <= set(choices("launcher"))
     assert {"synth", "lvis_v1"} <= set(choices("dataset"))
@@ -45,7 +45,8 @@ def test_tiny_variant_inherits_mmdet_config_and_overrides_model():
 
 @pytest.mark.parametrize("overrides, message", [
     (["detector=nope"], "unknown detector 'nope'; valid: atss_r50"),
-    (["loss=focal"], "unknown loss 'focal'; valid: bce, ce, ecm, seesaw"),
+    (["loss=focal"], "unknown loss 'focal'; valid: bce, ce, ecm, efl, eql, eqlv2, fed, seesaw"),
+    (["loss=eqlv"], "unknown loss 'eqlv'; valid: .*; did you mean 'eqlv2'"),
     (["no.such.key=1"], "config key 'no' does not exist"),
 ])
 def test_bad_overrides_are_user_errors(overrides, message):
@@ -76,7 +77,7 @@ def _ecm_files(n: int) -> list[str]:
 
 def test_apply_loss_replaces_every_cascade_stage():
     mm = base_config(compose(["detector=cascade_mask_rcnn_r50"]))
-    assert apply_loss(mm.model, {"type": "ecm"}, 6, _ecm_files(3)) == "cascade"
+    assert apply_loss(mm.model, {"type": "ecm"}, 6, _ecm_files(3)).kind == "cascade"
     assert [h["loss_cls"]["weights_file"] for h in roi_bbox_heads(mm.model)] == _ecm_files(3)
     assert all(h["num_classes"] == 6 for h in roi_bbox_heads(mm.model))
     assert mm.model.roi_head.mask_head["num_classes"] == 6
@@ -87,12 +88,12 @@ def test_apply_loss_dense_and_refusals():
     mm = base_config(compose(["detector=retinanet_r50"]))
     apply_loss(mm.model, {"type": "ecm"}, 6, "w.json")
     assert mm.model.bbox_head.loss_cls["type"] == "ECMFocalLoss"
-    with pytest.raises(UserError, match="not defined for the dense head RetinaHead"):
+    with pytest.raises(UserError, match="not defined for the head RetinaHead"):
         apply_loss(mm.model, {"type": "seesaw"}, 6)
-    gfl = dict(type="GFL", bbox_head=dict(type="GFLHead", loss_cls=dict(type="QualityFocalLoss")))
-    with pytest.raises(UserError, match="GFLHead classifies with QualityFocalLoss"):
-        apply_loss(gfl, {"type": "ecm"}, 6, "w.json")
-    with pytest.raises(UserError, match="neither roi_head nor bbox_head"):
+    odd = dict(type="GFL", bbox_head=dict(type="GFLHead", loss_cls=dict(type="MysteryLoss")))
+    with pytest.raises(UserError, match=r"GFLHead \(bbox_head\) classifies with MysteryLoss, which has no ECM form"):
+        apply_loss(odd, {"type": "ecm"}, 6, "w.json")
+    with pytest.raises(UserError, match="has no head that predicts classes"):
         detector_kind({"type": "Mystery"})
 
 
@@ -117,7 +118,7 @@ def test_every_detector_builds_with_ecm(detector, tmp_path):
     import json
 
     path.write_text(json.dumps(weights_document(counts, "x", None if kind == "one_stage" else 3.0)))
-    files = [str(path)] * (3 if kind == "cascade" else 1)
+    files = [str(path)] * (3 if kind == "cascade" else 1) if kind != "one_stage" else str(path)
     mm = build_mm_config(cfg, CLASSES, tmp_path, files)
     model = MODELS.build(mm.model)
     if kind == "one_stage":

@@ -61,3 +61,34 @@ def test_reduced_demo_and_report(overrides, tmp_path):
         with Image.open(rep / f"{name}.png") as im:
             assert im.size[0] > 100 and im.text["Title"] == TITLES[name]
     assert "ap_by_group.png" in (rep / "report.md").read_text()
+
+
+def test_demo_with_a_list_of_losses(overrides, tmp_path):
+    """demo.losses: each loss x each seed trained and evaluated, every loss compared with bce by seed, by the
+    same `ecmctl compare` the demo's table and demo.json come from."""
+    from ecmctl.pipeline.compare import compare_runs
+
+    out = tmp_path / "demo"
+    res = CliRunner().invoke(app, ["demo", *overrides, "schedule=smoke", "train.max_iters=4", "demo.seeds=[0,1]",
+                                   "demo.losses=[seesaw,ecm,bce]", "--out", str(out)], terminal_width=120)
+    assert res.exit_code == 0, res.output
+    for stage in ("train seesaw", "eval seesaw", "train ecm", "train bce", "compare", "report"):
+        assert res.output.count(f"stage {stage}: ") == (2 if stage.startswith(("train", "eval")) else 1), stage
+    text = " ".join(res.output.split())  # the title and caption may wrap
+    for col in ("ECM, SEESAW vs BCE", "Δ vs BCE [95% CI]", "(baseline)", "df = n − 1 = 1"):
+        assert col in text, col
+    assert "also differ in" not in text  # loss.type etc. follow from loss.name
+    summary = json.loads((out / "demo.json").read_text())
+    assert summary["losses"] == ["seesaw", "ecm", "bce"] and summary["baseline"] == "bce"
+    assert {k: len(v) for k, v in summary["runs"].items()} == {"seesaw": 2, "ecm": 2, "bce": 2}
+    st = summary["stats"]["bbox"]["AP"]
+    assert set(st["diffs"]) == {"seesaw", "ecm"} and "diff" not in st  # "diff": only for a pair of losses
+    for loss in ("seesaw", "ecm"):
+        assert st["diffs"][loss]["values"] == [pytest.approx(o - b) for b, o in
+                                               zip(st["bce"]["values"], st[loss]["values"], strict=True)]
+        assert st[loss]["mean"] == pytest.approx(summary["mean"][loss]["bbox"]["AP"])
+    assert (out / "compare.json").is_file() and (out / "compare.png").is_file()
+    again = compare_runs([out], by="loss", baseline="loss=bce")  # `ecmctl compare runs/demo`: the same numbers
+    assert again["sections"] == summary["compare"]["sections"]
+    md = Path(summary["report"]).read_text()
+    assert "## Over seeds" in md and "ap_by_group_seeds.png" in md and "3 run(s)" in md

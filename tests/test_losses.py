@@ -292,7 +292,7 @@ def test_config_custom_imports_path(files, tmp_path, monkeypatch):
     for name in [k for k in sys.modules if k == "ecmctl.losses" or k.startswith("ecmctl.losses.")]:
         monkeypatch.delitem(sys.modules, name)
     monkeypatch.delattr(ecmctl, "losses", raising=False)
-    for name in ("ECMLoss", "ECMFocalLoss", "ECMVarifocalLoss"):
+    for name in [k for k in MODELS._module_dict if k.startswith("ECM")]:  # every ECM form ecmctl.losses registers
         monkeypatch.delitem(MODELS._module_dict, name)
     assert MODELS.get("ECMLoss") is None
 

@@ -89,11 +89,12 @@ def test_compare_with_one_and_two_seeds_and_undefined_values():
 
 
 def _demo_summary(bce: list[dict], ecm: list[dict], seeds_: list[int], keys=("AP", "APr", "APc", "APf")) -> dict:
-    from ecmctl.pipeline.demo import seed_stats
+    from ecmctl.pipeline.compare import by_name, comparison
 
+    doc = comparison({"bce": bce, "ecm": ecm}, seeds_, baseline="bce", keys=keys)  # what the demo does
     return {"r": 3.2, "ci95": [3.1, 3.3], "seeds": seeds_, "metrics": list(keys),
             "dataset": {"name": "synth", "classes": 96, "groups": {"r": 27, "c": 37, "f": 32}},
-            "stats": seed_stats(bce, ecm, keys), "stage_seconds": {"calibrate": 40.0, "train ecm": 200.0}}
+            "stats": by_name(doc), "compare": doc, "stage_seconds": {"calibrate": 40.0, "train ecm": 200.0}}
 
 
 def _rows(table) -> dict[str, list[str]]:

@@ -253,6 +253,10 @@ def train(
     Examples: ecmctl train recipe=ecm_r50_1x data_root=/data launcher=torchrun launcher.nproc_per_node=8;
     ecmctl train detector=faster_rcnn_tiny loss=ecm schedule=smoke;  ecmctl train -m loss=ecm,bce seed=0,1,2;
     ecmctl train --resume runs/NAME/TIMESTAMP;  ecmctl train recipe=ecm_r50_1x --mmdet-config r50.py
+
+    Any mmdet detector: ecmctl train detector=mmdet detector.mmdet_config=rtmdet/rtmdet_s_8xb32-300e_coco.py
+    (relative to mmdet's shipped configs) or detector.mmdet_config=configs/my_detector.py (your own file,
+    _base_ inheritance works); add schedule=native to keep the config's own training recipe.
     """
     from ecmctl.pipeline import train as training
 
@@ -389,9 +393,11 @@ def demo(
     out: Path | None = typer.Option(None, "--out", help="Where the demo's runs go (default runs/demo)."),
     verbose: bool = VERBOSE,
 ) -> None:
-    """The main job on the embedded dataset: synth, count, calibrate, train ECM and BCE, eval, report.
+    """The main job on the embedded dataset: synth, count, calibrate, train ECM and BCE (or demo.losses), eval,
+    compare, report.
 
-    Examples: ecmctl demo;  ecmctl demo demo.seeds=[0,1,2];  ecmctl demo schedule=smoke --out /tmp/demo
+    Examples: ecmctl demo;  ecmctl demo demo.seeds=[0,1,2];  ecmctl demo schedule=smoke --out /tmp/demo;
+    ecmctl demo demo.losses=[bce,ecm,seesaw]
     """
     from ecmctl.cli.render import demo_table
     from ecmctl.pipeline.demo import run_demo
@@ -399,6 +405,35 @@ def demo(
     summary = run_demo([*(overrides or []), *([f"demo.out={out}"] if out else [])], _say)
     console.print(demo_table(summary))
     _line(f"report: {summary['report']}")
+
+
+@app.command()
+@user_errors
+def compare(
+    run_dirs: list[Path] = typer.Argument(..., help="Evaluated run directories, sweep directories (sweep.json) or "
+                                          "demo directories (demo.json)."),
+    by: str | None = typer.Option(None, "--by", help="Group by this config key (e.g. loss.name, or loss); default: "
+                                  "the keys that differ between the runs (seed, names and paths aside)."),
+    baseline: str | None = typer.Option(None, "--baseline", help="The group every other is compared with, as "
+                                        "KEY=VALUE (e.g. loss.name=bce); default: the first group in sorted order."),
+    out: Path | None = typer.Option(None, "-o", "--out", help="Write the comparison as JSON here, and the AP-by-group "
+                                    "figure beside it (.png)."),
+) -> None:
+    """Runs grouped by what differs in their configs, paired by seed: mean ± sd per group, and each group's
+    paired difference with the baseline (95% t-interval, per-seed values).
+
+    Examples: ecmctl compare runs/sweeps/sweep/20261125-120000 --baseline loss=bce -o compare.json;
+    ecmctl compare runs/demo;  ecmctl compare RUN_A RUN_B RUN_C RUN_D --by loss.name
+    """
+    from ecmctl.cli.render import compare_table
+    from ecmctl.pipeline.compare import compare_runs
+
+    doc = compare_runs(list(run_dirs), by=by, baseline=baseline, out=out)
+    console.print(compare_table(doc))
+    for note in doc["notes"]:
+        _line(f"note: {note}")
+    if out is not None:
+        _line(f"wrote {doc['json']} and {doc['figure']}")
 
 
 @app.command()

@@ -204,52 +204,50 @@ def sweep_table(summary: dict):
     return table
 
 
-def _mean_sd(summary: dict) -> str:
-    """"59.3 ± 2.1" in %, "59.3" for one seed, "-" when undefined on every seed."""
-    if summary.get("mean") is None:
-        return "-"
-    sd = summary.get("sd")
-    return f"{100 * summary['mean']:.1f}" + ("" if sd is None else f" ± {100 * sd:.1f}")
+def compare_table(doc: dict, names: dict[str, str] | None = None, title: str | None = None,
+                  more_caption: str = "") -> Table:
+    """`ecmctl compare`'s document (ecmctl.pipeline.compare) as a rich table: each group's mean ± sd and its
+    paired difference with the baseline, its 95% t-interval and the per-seed differences."""
+    from rich import box
 
+    from ecmctl.pipeline.compare import summary_line
+    from ecmctl.pipeline.compare import table as compare_rows
 
-def _signed(v: float | None) -> str:
-    return "-" if v is None else f"{100 * v:+.1f}"
+    t = compare_rows(doc, names)
+    text = 2 if len(doc["groups"]) != 2 else 1  # one row per metric and group: the group column is text too
+    table = Table(title=escape(title or summary_line(doc)), box=box.SIMPLE_HEAD, pad_edge=False)
+    for i, col in enumerate(t["columns"]):
+        table.add_column(escape(col), justify="left" if i < text else "right", no_wrap=i < len(t["columns"]) - 1)
+    for i, row in enumerate(t["rows"]):
+        table.add_row(*map(escape, row), end_section=i in t["ends"] and i != len(t["rows"]) - 1)
+    table.caption = escape(t["caption"] + more_caption)
+    return table
 
 
 def demo_table(summary: dict):
-    """ECM vs BCE over seeds: each as mean ± sd, the mean paired difference with its t-interval and the
-    per-seed differences, one row per metric of summary["metrics"]; the measured r and the stage times."""
-    from rich import box
-
-    lo, hi = summary["ci95"] or (float("nan"), float("nan"))
+    """Every loss of the demo against the baseline over seeds (ecmctl.pipeline.compare's table: mean ± sd, the
+    mean paired difference with its t-interval and the per-seed differences, one row per metric of
+    summary["metrics"]); the measured r and the stage times."""
+    doc = summary["compare"]
+    names = {g["label"]: g["name"].upper() for g in doc["groups"]}
+    base = names[doc["baseline"]]
+    others = [n for label, n in names.items() if label != doc["baseline"]]
     seeds = summary["seeds"]
     ds = summary.get("dataset") or {}
     groups = ds.get("groups") or {}
     what = (f"{ds['name']} ({ds['classes']} classes: " + ", ".join(f"{groups.get(g, 0)} {g}" for g in "rcf") + ")"
             if ds else "the synthetic long-tailed set")
-    table = Table(title=f"ECM vs BCE on {what}, {len(seeds)} seed(s); measured r = {summary['r']:.3f} "
-                        f"[{lo:.3f}, {hi:.3f}]", box=box.SIMPLE_HEAD, pad_edge=False)
-    for col in ("metric", "BCE", "ECM", "Δ ECM−BCE [95% CI]", "Δ per seed"):
-        table.add_column(col, justify="left" if col == "metric" else "right", no_wrap=col != "Δ per seed")
-    for iou, rows in summary["stats"].items():
-        for key in summary.get("metrics") or list(rows):
-            st = rows.get(key)
-            label = f"{iou.replace('_', ' ')} {key}"  # "bbox fixed AP": Fixed AP
-            if st is None:  # no run reports it
-                table.add_row(label, "-", "-", "-", "-")
-                continue
-            d = st["diff"]
-            ci = "" if not d.get("ci") else f" [{_signed(d['ci'][0])}, {_signed(d['ci'][1])}]"
-            table.add_row(label, _mean_sd(st["bce"]), _mean_sd(st["ecm"]), _signed(d["mean"]) + ci,
-                          " ".join(_signed(v) for v in d["values"]))
-    n = max((st["diff"]["n"] for rows in summary["stats"].values() for st in rows.values()), default=0)
-    interval = (f"its 95% t-interval (df = n − 1 = {n - 1})" if n >= 2 else "no interval (one seed)")
+    if summary.get("r") is not None:
+        lo, hi = summary["ci95"] or (float("nan"), float("nan"))
+        measured = f"measured r = {summary['r']:.3f} [{lo:.3f}, {hi:.3f}]"
+    else:
+        measured = "r not measured (no ECM loss)"
+    vs = f"{', '.join(others)} vs {base}" if others else base
     times = summary["stage_seconds"]
-    table.caption = (f"AP in %. BCE, ECM: mean ± sd over seeds {', '.join(map(str, seeds))}. Δ: ECM − BCE paired "
-                     f"by seed: its mean, {interval} and each seed's Δ; '-': undefined (e.g. no class of the "
-                     "group in val).\nstage seconds: " + ", ".join(f"{k} {v:.0f}" for k, v in times.items())
-                     + f"; total {sum(times.values()):.0f}")
-    return table
+    notes = "".join(f"\n{n}" for n in doc.get("notes") or [])
+    return compare_table(doc, names, title=f"{vs} on {what}, {len(seeds)} seed(s); {measured}",
+                         more_caption=f"{notes}\nstage seconds: " + ", ".join(f"{k} {v:.0f}" for k, v in times.items())
+                         + f"; total {sum(times.values()):.0f}")
 
 
 def recipes_table(recipes) -> Table:
@@ -259,6 +257,7 @@ def recipes_table(recipes) -> Table:
     for col in ("recipe", "detector", "loss", "schedule", "GPUs x images", "paper box / mask"):
         table.add_column(col, overflow="fold")
     for r in recipes:
-        paper = "-" if r.paper_bbox is None else f"{r.paper_bbox:.1f} / {r.paper_segm:.1f}"
+        box, mask = ("-" if v is None else f"{v:.1f}" for v in (r.paper_bbox, r.paper_segm))
+        paper = "-" if r.paper_bbox is None and r.paper_segm is None else f"{box} / {mask}"  # one may be unpublished
         table.add_row(r.name, r.detector, r.loss, r.schedule, f"{r.gpus} x {r.images_per_gpu}", paper)
     return table

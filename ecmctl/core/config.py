@@ -14,6 +14,24 @@ from ecmctl.core.errors import UserError, first_line
 GROUPS = ("dataset", "detector", "loss", "schedule", "launcher", "recipe")
 
 
+def _stem(path: str) -> str:
+    """`${ecmctl_stem:PATH}`: a run name from a config file's name (detector=mmdet)."""
+    return Path(str(path)).name.removesuffix(".py")
+
+
+OmegaConf.register_new_resolver("ecmctl_stem", _stem, replace=True)
+
+
+def _native(path: str, key: str):
+    """`${ecmctl_native:PATH,KEY}`: one value of the detector config's own training recipe (schedule=native)."""
+    from ecmctl.core.mmdet_configs import recipe_value  # reads the mmdet config: only when schedule=native
+
+    return recipe_value(str(path), str(key))
+
+
+OmegaConf.register_new_resolver("ecmctl_native", _native, replace=True)
+
+
 def conf_dir() -> Path:
     """The config tree: $ECMCTL_CONF if set, else the one shipped inside the package (ecmctl/conf)."""
     env = os.environ.get("ECMCTL_CONF")
@@ -68,7 +86,12 @@ def compose(overrides: list[str] | tuple[str, ...] = ()) -> DictConfig:
     try:
         OmegaConf.resolve(cfg)
     except Exception as e:
+        if isinstance(cause := e.__cause__ or e.__context__, UserError):  # from one of ecmctl's resolvers
+            raise cause from None
         raise UserError(f"config does not resolve: {e}") from None
+    own = Path(str(cfg.detector.get("mmdet_config") or "")).expanduser()
+    if own.suffix == ".py" and own.is_file():  # the user's own config: recorded absolute, so runs resume anywhere
+        cfg.detector.mmdet_config = str(own.resolve())
     return validate(cfg)
 
 

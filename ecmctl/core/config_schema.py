@@ -64,10 +64,11 @@ class DatasetConf:
 @dataclass
 class DetectorConf:
     name: str = MISSING
-    mmdet_config: str = MISSING  # relative to mmdet's shipped configs
-    with_mask: bool = False
+    mmdet_config: str = MISSING  # relative to mmdet's shipped configs, or the user's own .py file
+    with_mask: bool | None = None  # null: read from the model (mask heads); given, it must agree
     normed_head: bool = False  # NormedLinear (tau 20) box classifier, NormedConv2d mask predictor
-    # backbone weights: a torchvision:// or open-mmlab:// name, a URL, a local file, or null (random init)
+    # backbone weights: a torchvision:// or open-mmlab:// name, a URL, a local file, `config` (the config's own
+    # initialisation, untouched) or null (random init everywhere: no checkpoint is loaded)
     pretrained: str | None = None
     model: dict[str, Any] = field(default_factory=dict)  # merged into mmdet's `model`
 
@@ -79,14 +80,42 @@ class FocalConf:
 
 
 @dataclass
+class EQLv2Conf:  # Equalization Loss v2 (Tan et al. 2021): r = 1/(1+exp(-gamma (g - mu))), q = 1 + alpha (1 - r)
+    gamma: float = rule(12.0, gt=0.0)
+    mu: float = rule(0.8, ge=0.0)
+    alpha: float = rule(4.0, ge=0.0)
+
+
+@dataclass
+class EQLConf:  # Equalization Loss (Tan et al. 2020): tail classes have image frequency < lambda_
+    lambda_: float = rule(1.76e-3, gt=0.0, le=1.0)
+
+
+@dataclass
+class FedConf:  # Federated loss (detectron2's FED_LOSS_NUM_CLASSES, FED_LOSS_FREQ_WEIGHT_POWER)
+    num_sampled_classes: int = rule(50, ge=1)
+    freq_weight_power: float = rule(0.5, ge=0.0)
+    seed: int | None = rule(None, ge=0)  # null: mmengine's seed (the run's `seed`), plus the rank
+
+
+@dataclass
+class EFLConf:  # Equalized Focal Loss (Li et al. 2022): gamma_j = focal.gamma + scale (1 - g_j)
+    scale: float = rule(8.0, ge=0.0)
+
+
+@dataclass
 class LossConf:
     name: str = MISSING
-    type: str = rule(MISSING, choices=("ecm", "bce", "ce", "seesaw"))
+    type: str = rule(MISSING, choices=("ecm", "bce", "ce", "seesaw", "eqlv2", "eql", "fed", "efl"))
     loss_weight: float = rule(1.0, gt=0.0)
-    focal: FocalConf | None = None  # dense heads: focal weighting of (ECM) BCE
+    focal: FocalConf | None = None  # dense heads: focal weighting of (ECM) BCE; EFL's gamma_b and alpha
     varifocal: FocalConf | None = None  # VarifocalNet: varifocal weighting (gamma 2, alpha 0.75)
     p: float | None = rule(None, ge=0.0)  # seesaw
     q: float | None = rule(None, ge=0.0)
+    eqlv2: EQLv2Conf | None = None
+    eql: EQLConf | None = None
+    fed: FedConf | None = None
+    efl: EFLConf | None = None
 
 
 @dataclass
@@ -109,6 +138,9 @@ class ScheduleConf:
     mmdet_optimizer: bool = False  # keep the detector's own mmdet optim_wrapper (one-stage recipes)
     val_interval: int = rule(0, ge=0)  # iterations (epochs when by_epoch); 0 = no validation while training
     checkpoint_interval: int = rule(5000, ge=1)  # iterations, also in epoch-based schedules
+    # the detector config's own recipe (optimizer, lr schedule, loop, hooks, pipelines; conf/schedule/native.yaml):
+    # only lr, base_batch_size, batch_size, the loop's length and val/checkpoint intervals are read from here
+    native: bool = False
 
 
 @dataclass
@@ -160,6 +192,9 @@ class RecipeConf:
     images_per_gpu: int = rule(2, ge=1)
     paper: PaperConf = field(default_factory=PaperConf)
     strict: bool = False  # refuse to start when the effective batch differs from the recipe's
+    # accumulate: gradient accumulation up to gpus x images_per_gpu images per update (the recipe's lr, every
+    # schedule quantity in updates); scale_lr: the lr scaled linearly to the launch's batch (not the paper's)
+    batch_policy: str = rule("accumulate", choices=("accumulate", "scale_lr"))
 
 
 @dataclass
@@ -171,6 +206,8 @@ class TrainConf:
     batch_size: int = rule(2, ge=1)
     num_workers: int = rule(0, ge=0)
     amp: bool = False
+    # autocast dtype with amp: auto = bfloat16 where the GPU supports it, else float16 (decided by each rank)
+    amp_dtype: str = rule("auto", choices=("auto", "bfloat16", "float16"))
     log_level: str = rule("INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
     progress: bool = True
 
@@ -201,6 +238,8 @@ class EvalConf:
 @dataclass
 class DemoConf:
     seeds: list[int] = rule(factory=lambda: [0], ge=0, each=True, min_len=1)
+    # loss options (conf/loss/) trained with every seed, each compared with bce (else the first) by seed
+    losses: list[str] = rule(factory=lambda: ["ecm", "bce"], min_len=1)
     out: str = "runs/demo"
 
 

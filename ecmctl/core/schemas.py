@@ -7,6 +7,7 @@ RUN_SCHEMA = "ecmctl/run@1"
 METRICS_SCHEMA = "ecmctl/metrics@1"
 SWEEP_SCHEMA = "ecmctl/sweep@1"
 DEMO_SCHEMA = "ecmctl/demo@1"
+COMPARE_SCHEMA = "ecmctl/compare@1"
 # metrics@1: the summary metrics of each IoU type, and the ones that compare frequency groups
 METRIC_KEYS = ("AP", "AP50", "AP75", "APs", "APm", "APl", "APr", "APc", "APf")
 GROUP_KEYS = ("AP", "APr", "APc", "APf")

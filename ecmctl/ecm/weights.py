@@ -18,13 +18,20 @@ from ecmctl.ecm.margins import Margins, compute_margins
 NUMERIC = tuple(f.name for f in fields(Margins))  # the per-class numbers of a weights file
 
 
-def weights_file_names(stages: int) -> list[str]:
-    """The weights files of a calibration or run with `stages` RoI stages: weights.json, or one
-    weights_stage{i}.json per Cascade stage. Their stems are the keys under a run's inputs."""
-    return ["weights.json"] if stages == 1 else [f"weights_stage{i}.json" for i in range(stages)]
+def weights_file_names(stages: int, foreground: bool = False) -> list[str]:
+    """The weights files of a calibration or run whose detector has `stages` classification sites with a
+    background class (RoI stages, no-object query heads), each with its own r: weights.json for one, one
+    weights_stage{i}.json per stage for several; then, for `foreground` (foreground-only sites: dense heads,
+    Sparse R-CNN, focal DETRs), weights.json when there is no background stage, else weights_fg.json.
+    Their stems are the keys under a run's inputs."""
+    names = ["weights.json"] if stages == 1 else [f"weights_stage{i}.json" for i in range(stages)]
+    if foreground or stages == 0:
+        names.append("weights_fg.json" if stages else "weights.json")
+    return names
 
 
-EVERY_WEIGHTS_FILE = (*weights_file_names(1), *weights_file_names(3))  # one RoI stage, or a 3-stage Cascade
+MAX_STAGES = 16  # more background stages than any mmdet detector has (Cascade and HTC: 3)
+EVERY_WEIGHTS_FILE = ("weights.json", "weights_fg.json", *(f"weights_stage{i}.json" for i in range(MAX_STAGES)))
 
 
 def weights_document(counts: dict, counts_sha256: str, bg_ratio: float | None = None,

@@ -11,23 +11,20 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from ecmctl.core.errors import UserError
-from ecmctl.engine.placement import apply_loss, apply_normed_head
+from ecmctl.core.errors import UserError, first_line
+from ecmctl.core.mmdet_configs import mmdet_config_path, mmdet_configs_dir
+from ecmctl.engine.placement import (
+    apply_loss,
+    apply_normed_head,
+    drop_semantic_branch,
+    model_has_masks,
+    walk_dicts,
+)
 
 # ecmctl's launcher -> mmengine's `launcher` (how each rank initialises torch.distributed)
 MM_LAUNCHERS = {"local": "none", "torchrun": "pytorch", "slurm": "slurm"}
 CUSTOM_IMPORTS = ["ecmctl.losses", "ecmctl.engine.compat", "ecmctl.engine.lvis_stream_metric", "ecmctl.engine.hooks",
-                  "ecmctl.engine.loops"]
-
-
-def mmdet_config_path(rel: str) -> Path:
-    """A config shipped inside the installed mmdet package (mmdet/.mim/configs/...)."""
-    import mmdet
-
-    path = Path(mmdet.__file__).parent / ".mim" / "configs" / rel
-    if not path.is_file():
-        raise UserError(f"detector.mmdet_config {rel!r} is not among mmdet's shipped configs ({path})")
-    return path
+                  "ecmctl.engine.loops", "ecmctl.engine.ecm_heads"]
 
 
 def _plain(node) -> dict | list:
@@ -40,17 +37,59 @@ def base_config(cfg: DictConfig):
     `detector.normed_head`, the paper's normalised classifiers."""
     from mmengine.config import Config
 
-    mm = Config.fromfile(str(mmdet_config_path(cfg.detector.mmdet_config)))
+    path = mmdet_config_path(cfg.detector.mmdet_config)
+    try:
+        mm = Config.fromfile(str(path))
+    except UserError:
+        raise
+    except Exception as e:  # a syntax error, a missing _base_ file, an unknown scope in the user's config
+        raise UserError(f"{path}: cannot be loaded as an mmdet config: {first_line(e)}") from None
+    if not isinstance(mm.get("model"), dict) or "type" not in mm.model:
+        raise UserError(f"{path}: has no `model` dict with a `type`; it is not a detector config")
     overrides = _plain(cfg.detector.model) or {}
     if overrides:
         mm.merge_from_dict({"model": overrides}, allow_list_keys=True)
+    _inline_teacher(mm.model)
     pretrained = cfg.detector.pretrained
-    if "://" not in str(pretrained) and pretrained is not None:
-        pretrained = str(Path(pretrained).expanduser().resolve())  # a local file, wherever the run starts
-    mm.model.backbone.init_cfg = dict(type="Pretrained", checkpoint=pretrained) if pretrained else None
+    if pretrained is None:
+        _random_init(mm.model)
+    elif pretrained != KEEP_INIT:
+        if "://" not in str(pretrained):
+            pretrained = str(Path(pretrained).expanduser().resolve())  # a local file, wherever the run starts
+        mm.model.backbone.init_cfg = dict(type="Pretrained", checkpoint=pretrained)
     if cfg.detector.normed_head:
         apply_normed_head(mm.model)
     return mm
+
+
+KEEP_INIT = "config"  # detector.pretrained: keep the config's own initialisation
+
+
+def _random_init(model) -> None:
+    """detector.pretrained=null: no checkpoint anywhere in the model (backbone, TridentNet's shared head, a
+    distillation teacher's weights), so nothing is downloaded."""
+    for _, node in walk_dicts(model):
+        init = node.get("init_cfg")
+        if isinstance(init, dict) and init.get("type") == "Pretrained":
+            node["init_cfg"] = None
+        for key in ("pretrained", "teacher_ckpt"):
+            if isinstance(node.get(key), str):
+                node[key] = None
+
+
+def _inline_teacher(model) -> None:
+    """A distillation teacher given as a config path (LD: 'configs/gfl/...py', relative to an mmdet checkout)
+    becomes its model dict inline, so its class count can be set like the student's."""
+    from mmengine.config import Config
+
+    path = model.get("teacher_config")
+    if not isinstance(path, str):
+        return
+    rel = path[len("configs/"):] if path.startswith("configs/") else path
+    file = Path(path) if Path(path).is_file() else mmdet_configs_dir() / rel
+    if not file.is_file():
+        raise UserError(f"model.teacher_config={path}: no such file (here or among mmdet's shipped configs)")
+    model["teacher_config"] = dict(model=Config.fromfile(str(file)).model.to_dict())
 
 
 def pretrained_checkpoint(mm) -> str | None:
@@ -82,19 +121,35 @@ def _dataset(ds: DictConfig, ann: str, classes: Sequence[str], pipeline: list, t
     return d
 
 
+def detector_masks(cfg: DictConfig, model) -> bool:
+    """Whether the detector predicts masks: read from the model; detector.with_mask, when given, must agree."""
+    found = model_has_masks(model)
+    given = cfg.detector.get("with_mask")
+    if given is not None and bool(given) != found:
+        raise UserError(f"detector.with_mask={str(given).lower()}, but {cfg.detector.mmdet_config} "
+                        f"{'predicts' if found else 'does not predict'} masks; leave with_mask unset (it is read "
+                        "from the model)")
+    return found
+
+
 def build_mm_config(cfg: DictConfig, classes: Sequence[str], work_dir: str | Path,
                     weights_files: Sequence[str | None] | str | None = None, loss: DictConfig | None = None,
-                    lr: float | None = None):
+                    lr: float | None = None, accumulation: int = 1, counts_file: str | None = None):
     """The full mmengine Config for train/calibrate/eval of `cfg` (loss defaults to cfg.loss, the learning
-    rate to schedule.lr: the caller passes it scaled to the run's effective batch)."""
+    rate to schedule.lr: the caller passes it scaled to the run's effective batch; `accumulation`: micro-steps
+    per update, recipes.BatchPlan's, every iteration-counted quantity of cfg being in updates)."""
     mm = base_config(cfg)
+    own = None
+    if cfg.schedule.get("native"):  # the config's own training recipe (engine/native.py), before it is replaced
+        from ecmctl.engine.native import apply_recipe, own_recipe
+
+        own = own_recipe(mm)
     loss = loss if loss is not None else cfg.loss
-    apply_loss(mm.model, _plain(loss), len(classes), weights_files)
+    drop_semantic_branch(mm.model)
+    apply_loss(mm.model, _plain(loss), len(classes), weights_files, counts_file)  # counts: eql/fed frequencies
     ds, sch, tr = cfg.dataset, cfg.schedule, cfg.train
-    with_mask = bool(cfg.detector.with_mask)
+    with_mask = detector_masks(cfg, mm.model)
     train_pipe, test_pipe = _pipelines(ds, with_mask)
-    if not with_mask and "mask_head" in (mm.model.get("roi_head") or {}):
-        raise UserError(f"detector {cfg.detector.name} has a mask head but detector.with_mask is false")
     train_ds = _dataset(ds, ds.train_ann, classes, train_pipe, test_mode=False)
     if ds.rfs_thr:
         train_ds = dict(type="ClassBalancedDataset", oversample_thr=float(ds.rfs_thr), dataset=train_ds)
@@ -108,12 +163,13 @@ def build_mm_config(cfg: DictConfig, classes: Sequence[str], work_dir: str | Pat
         dataset=_dataset(ds, ds.val_ann, classes, test_pipe, test_mode=True))
     mm.test_cfg = dict(type="TestLoop")
     apply_eval_protocol(mm, cfg.eval, ds.val_ann, with_mask)
-    _schedule(mm, sch, tr, float(sch.lr if lr is None else lr))
+    k = int(accumulation)
+    _schedule(mm, sch, tr, float(sch.lr if lr is None else lr), k)
     mm.default_hooks = dict(
         timer=dict(type="IterTimerHook"),
-        logger=dict(type="LoggerHook", interval=min(50, max(1, int(tr.max_iters) // 10)) if tr.max_iters else 50),
+        logger=dict(type="LoggerHook", interval=k * (min(50, max(1, int(tr.max_iters) // 10)) if tr.max_iters else 50)),
         param_scheduler=dict(type="ParamSchedulerHook"),
-        checkpoint=dict(type="CheckpointHook", by_epoch=False, interval=int(tr.checkpoint_interval),
+        checkpoint=dict(type="CheckpointHook", by_epoch=False, interval=k * int(tr.checkpoint_interval),
                         max_keep_ckpts=2, save_last=True),
         sampler_seed=dict(type="DistSamplerSeedHook"),
         visualization=dict(type="DetVisualizationHook"))
@@ -132,27 +188,36 @@ def build_mm_config(cfg: DictConfig, classes: Sequence[str], work_dir: str | Pat
     mm.auto_scale_lr = dict(enable=False, base_batch_size=int(sch.base_batch_size))  # ecmctl scales lr itself
     for key in ("train_pipeline", "test_pipeline", "backend_args", "dataset_type", "data_root", "max_epochs"):
         mm.pop(key, None)
+    if own is not None:
+        apply_recipe(mm, own, cfg, with_mask, float(sch.lr if lr is None else lr))
     return mm
 
 
-def _schedule(mm, sch: DictConfig, tr: DictConfig, lr: float) -> None:
-    """Train loop, optimizer and lr schedule: epochs of the (RFS-resampled) set, or iterations."""
+def _schedule(mm, sch: DictConfig, tr: DictConfig, lr: float, k: int = 1) -> None:
+    """Train loop, optimizer and lr schedule: epochs of the (RFS-resampled) set, or iterations.
+
+    With gradient accumulation (k micro-steps per update, `optim_wrapper.accumulative_counts`) mmengine still
+    counts micro-steps: its loops, CheckpointHook/LoggerHook intervals and every `by_epoch=False` scheduler
+    (ParamSchedulerHook.after_train_iter steps them once per train iteration). The config's iteration counts
+    are updates, so each becomes k x as many micro-steps; epochs stay epochs."""
     val = int(tr.val_interval)
     if sch.by_epoch:
         epochs = int(tr.max_epochs)
         mm.train_cfg = dict(type="ecmctl.EpochBasedTrainLoop", max_epochs=epochs,
                             val_interval=val if val > 0 else epochs + 1)
         if tr.max_iters is not None:  # a cap, for smoke tests of epoch-based recipes
-            mm.train_cfg["max_iters"] = int(tr.max_iters)
+            mm.train_cfg["max_iters"] = k * int(tr.max_iters)
         steps = dict(type="MultiStepLR", by_epoch=True, begin=0, end=epochs, gamma=0.1,
                      milestones=[int(m) for m in sch.milestones])
-        warmup_end = int(sch.warmup_iters)
+        warmup_end = k * int(sch.warmup_iters)
     else:
-        iters = int(tr.max_iters)
-        mm.train_cfg = dict(type="IterBasedTrainLoop", max_iters=iters, val_interval=val if val > 0 else iters + 1)
+        updates = int(tr.max_iters)
+        iters = k * updates
+        mm.train_cfg = dict(type="IterBasedTrainLoop", max_iters=iters,
+                            val_interval=k * val if val > 0 else iters + 1)
         steps = dict(type="MultiStepLR", by_epoch=False, begin=0, end=iters, gamma=0.1,
-                     milestones=[max(1, int(f * iters)) for f in sch.milestones])
-        warmup_end = min(int(sch.warmup_iters), iters)
+                     milestones=[k * max(1, int(f * updates)) for f in sch.milestones])
+        warmup_end = k * min(int(sch.warmup_iters), updates)
     mm.param_scheduler = [dict(type="LinearLR", start_factor=float(sch.warmup_ratio), by_epoch=False, begin=0,
                                end=max(warmup_end, 1)), steps]
     if val > 0:
@@ -167,6 +232,10 @@ def _schedule(mm, sch: DictConfig, tr: DictConfig, lr: float) -> None:
                                       weight_decay=float(sch.weight_decay)),
                        clip_grad=dict(max_norm=float(sch.grad_clip), norm_type=2) if sch.grad_clip else None)
     wrapper["type"] = "AmpOptimWrapper" if tr.amp else "OptimWrapper"
+    if tr.amp and tr.get("amp_dtype", "auto") != "auto":  # auto: each rank picks (engine/runner.py amp_dtype)
+        wrapper["dtype"] = str(tr.amp_dtype)
+    if k > 1:
+        wrapper["accumulative_counts"] = k
     mm.optim_wrapper = wrapper
 
 
@@ -199,3 +268,5 @@ def set_test_protocol(model, score_thr: float, max_per_img: int) -> None:
     target = test_cfg.get("rcnn", test_cfg)
     target["score_thr"] = score_thr
     target["max_per_img"] = max_per_img
+    if "max_per_image" in target:  # MaskFormer / Mask2Former spell it so
+        target["max_per_image"] = max_per_img

@@ -34,11 +34,14 @@ class AspectRatioBatchSampler(MMDetAspectRatioBatchSampler):
 @scope_registry(LOOPS).register_module(name="EpochBasedTrainLoop")
 class EpochBasedTrainLoop(MMEngineEpochBasedTrainLoop):
     """mmengine's loop, continuing a resumed epoch at the batch after the checkpoint's; `max_iters` optionally
-    caps the run (a smoke test of a full epoch-based recipe: `train.max_iters=2`)."""
+    caps the run (a smoke test of a full epoch-based recipe: `train.max_iters=2`); the cap is then the loop's
+    `max_iters`, so the checkpoint hook's save_last, the progress bar and the ETA end there too."""
 
     def __init__(self, runner, dataloader, max_epochs: int, max_iters: int | None = None, **kwargs) -> None:
         super().__init__(runner, dataloader, max_epochs, **kwargs)
         self.iter_cap = max_iters
+        if max_iters is not None:
+            self._max_iters = min(self._max_iters, int(max_iters))
 
     def run_iter(self, idx, data_batch) -> None:
         super().run_iter(idx, data_batch)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import contextlib
 from pathlib import Path
 
-from ecmctl.core.runs import MM_CONFIG
+from ecmctl.core.runs import MM_CONFIG, RUN_JSON
 
 
 def quiet_console(logger) -> None:
@@ -146,8 +146,8 @@ def _distributed_on_this_host(mm) -> None:
 
 
 def load_run_config(run_dir: str | Path, name: str):
-    """An mmdet config from the run directory, its run-relative paths (the ECM weights files under inputs/)
-    anchored at this directory, wherever the run was created or moved to."""
+    """An mmdet config from the run directory, its run-relative paths (the ECM weights files, the counts file of
+    eql/fed, under inputs/) anchored at this directory, wherever the run was created or moved to."""
     from mmengine.config import Config
 
     run_dir = Path(run_dir).resolve()
@@ -157,7 +157,7 @@ def load_run_config(run_dir: str | Path, name: str):
     def anchor(node) -> None:
         if isinstance(node, dict):
             for key, value in node.items():
-                if key == "weights_file" and isinstance(value, str) and not Path(value).is_absolute():
+                if key in ("weights_file", "counts_file") and isinstance(value, str) and not Path(value).is_absolute():
                     node[key] = str(run_dir / value)
                 else:
                     anchor(value)
@@ -200,9 +200,38 @@ def train_run(run_dir: str | Path, resume: bool = False, config: str = MM_CONFIG
     if resume:
         mm.load_from = resume_from(run_dir)
         mm.resume = mm.load_from is not None
+    dtype = amp_dtype(mm)
     runner = _runner_with(mm, launcher, hooks)
+    if dtype is not None and runner.rank == 0 and (run_dir / RUN_JSON).is_file():
+        from ecmctl.core.runs import RunDir
+
+        RunDir(run_dir).update(amp_dtype=dtype)  # what `auto` became on this machine
     with _running(runner):
         runner.train()
+
+
+def amp_dtype(mm) -> str | None:
+    """train.amp=true: the autocast dtype, decided here on the rank's own device (not when the config was written,
+    perhaps on a login node without a GPU): the config's `dtype` when train.amp_dtype named one, else bfloat16
+    where the GPU supports it natively (torch.cuda.is_bf16_supported(): Ampere and newer), else float16.
+    Written into the config's optim_wrapper; None without AMP. mmengine's AmpOptimWrapper needs CUDA."""
+    wrapper = mm.get("optim_wrapper") or {}
+    if wrapper.get("type") != "AmpOptimWrapper":
+        return None
+    import torch
+
+    from ecmctl.core.errors import UserError
+
+    if not torch.cuda.is_available():
+        raise UserError("train.amp=true needs a GPU (mmengine's AmpOptimWrapper trains on CUDA only) and this "
+                        "process sees none; set train.amp=false")
+    if wrapper.get("dtype") is None:
+        try:  # native bf16 only: emulated on a V100 it would be slower than float16
+            bf16 = torch.cuda.is_bf16_supported(including_emulation=False)
+        except TypeError:  # torch < 2.3 has no emulation to exclude
+            bf16 = torch.cuda.is_bf16_supported()
+        wrapper["dtype"] = "bfloat16" if bf16 else "float16"
+    return str(wrapper["dtype"])
 
 
 def test_run(run_dir: str | Path, config: str, out: str, launcher: str | None = None, hooks=()) -> None:

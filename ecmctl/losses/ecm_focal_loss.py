@@ -5,6 +5,11 @@ the focal weight). The focal loss is taken of the surrogate score instead of the
 
     p = σ(z),  z = 2 s + log w⁺ − log w⁻,
     loss = m · α_t (1 − p_t)^γ · BCE(p, y).
+
+Heads that pass probabilities instead of logits (TOOD's ``initial_loss_cls``, ``activated=True``) get
+s = logit(p) first, with p clamped to [2⁻²⁴, 1 − 2⁻²⁴] (`prob_to_logit`): |s| ≤ 16.64, the largest logit a
+float32 probability short of 1 can stand for, so z stays finite at p = 0 or 1 (the gradient there is 0,
+as through a saturated sigmoid).
 """
 
 from __future__ import annotations
@@ -20,6 +25,16 @@ from torch import Tensor
 
 from ecmctl.core.errors import UserError
 from ecmctl.losses.ecm_loss import attach_class_weights, autocast_off, full_precision
+
+# smallest probability (and 1 − largest) that `prob_to_logit` keeps apart from 0 and 1: 2⁻²⁴, the spacing of
+# float32 just below 1.0 (1 − 2⁻²⁴ is the largest float32 under 1), so |logit| ≤ log(2²⁴ − 1) ≈ 16.64
+PROB_EPS = 2.0**-24
+
+
+def prob_to_logit(prob: Tensor) -> Tensor:
+    """Logit of a probability (``activated=True`` inputs), p clamped to [PROB_EPS, 1 − PROB_EPS]: finite
+    for p = 0 or 1 (gradient 0 outside the clamp, as through a saturated sigmoid)."""
+    return torch.logit(prob, eps=PROB_EPS)
 
 
 def ecm_focal_loss(pred: Tensor, target: Tensor, bias: Tensor, det_weight: Tensor, gamma: float = 2.0,
@@ -51,10 +66,14 @@ class ECMFocalLoss(nn.Module):
     ``forward`` takes FocalLoss's signature: ``pred`` N × C logits, ``target`` class indices (N,) with C
     meaning background or an N × C (one-hot or soft) target, ``weight`` (N,), (N, C) or (N·C,),
     ``avg_factor``, ``reduction_override``.
+
+    ``activated=True`` (as FocalLoss's; TOOD's ``initial_loss_cls``): ``pred`` holds probabilities; the
+    loss takes s = logit(p), clamped to |s| ≤ 16.64 (`prob_to_logit`), and goes on as above.
     """
 
     def __init__(self, weights_file: str | os.PathLike, gamma: float = 2.0, alpha: float = 0.25,
-                 loss_weight: float = 1.0, reduction: str = "mean", use_sigmoid: bool = True) -> None:
+                 loss_weight: float = 1.0, reduction: str = "mean", use_sigmoid: bool = True,
+                 activated: bool = False) -> None:
         super().__init__()
         if not use_sigmoid:
             raise UserError("ECMFocalLoss is a sigmoid focal loss: set use_sigmoid=True in loss_cls")
@@ -72,10 +91,12 @@ class ECMFocalLoss(nn.Module):
         self.alpha = float(alpha)
         self.loss_weight = float(loss_weight)
         self.reduction = reduction
+        self.activated = bool(activated)
 
     def extra_repr(self) -> str:
         return (f"weights_file={self.weights_file!r}, num_classes={self.num_classes}, gamma={self.gamma}, "
-                f"alpha={self.alpha}, loss_weight={self.loss_weight}, reduction={self.reduction!r}")
+                f"alpha={self.alpha}, loss_weight={self.loss_weight}, reduction={self.reduction!r}, "
+                f"activated={self.activated}")
 
     def _check_channels(self, found: int) -> None:
         if found == self.num_classes:
@@ -96,6 +117,8 @@ class ECMFocalLoss(nn.Module):
         self._check_channels(pred.size(-1))
         s = full_precision(pred)
         with autocast_off(s.device.type):
+            if self.activated:
+                s = prob_to_logit(s)
             if target.dim() == s.dim():  # already one-hot (or soft) N × C
                 y = target.to(s.dtype)
             else:  # class indices, num_classes (or anything outside 0..C-1) = background

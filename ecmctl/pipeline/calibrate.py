@@ -24,9 +24,10 @@ from ecmctl.core.schemas import CALIBRATION_SCHEMA, WEIGHTS_SCHEMA
 from ecmctl.ecm.background import summarize
 from ecmctl.ecm.weights import EVERY_WEIGHTS_FILE, weights_file_names, write_weights
 from ecmctl.engine.builder import base_config, build_mm_config
-from ecmctl.engine.placement import detector_kind
+from ecmctl.engine.placement import NATIVE, Placement, drop_semantic_branch, plan_placement, sampler_ratio
 from ecmctl.launch import launch, train_task
 from ecmctl.pipeline.prepare import Say, class_names, ensure_counts
+from ecmctl.pipeline.recipes import accumulation_steps
 
 CALIBRATION_JSON = "calibration.json"
 TRACE_JSON = "bg_fg_trace.json"  # the calibration hook's per-iteration fg/bg counts (its out_file)
@@ -73,17 +74,22 @@ def check_out_dir(out: Path) -> None:
 
 def run_calibration(cfg: DictConfig, out_dir: str | Path | None, say: Say = print,
                     counts: tuple[Path, dict] | None = None) -> CalibrationResult:
-    """Measure r per RoI stage (or write foreground-only weights for a one-stage detector).
+    """Measure r per background stage (RoI stages, no-object heads), then write the weights files (only
+    foreground-only weights for a detector without a background class).
 
-    The calibration run trains with the sigmoid baseline when the chosen loss is ECM (its weights are what
-    is being measured); the fg:bg mix is set by the RoI sampler and the proposals. launcher=slurm
+    The calibration run trains with the detector's own classification losses when the chosen loss is ECM (its
+    weights are what is being measured; the config's own loss is the one known to work with every head, PISA's
+    and OHEM's loss-aware samplers included); the fg:bg mix is set by the sampler, the proposals or the
+    matcher. launcher=slurm
     calibrates in this process (a short run, before the job is submitted). `counts` is `ensure_counts`'
     (path, document) when the caller already has it (no second hash). `out_dir` None: a new
     <run_root>/calibrate/<detector>-<dataset>/<timestamp>/, made once every input checked out. The
     directory's calibration_status.json says how the calibration ended.
     """
     require_device(cfg.device)
-    kind = detector_kind(base_config(cfg).model)
+    model = base_config(cfg).model
+    drop_semantic_branch(model)
+    placement = plan_placement(model)
     if out_dir is not None:
         check_out_dir(Path(out_dir))
     else:
@@ -96,7 +102,8 @@ def run_calibration(cfg: DictConfig, out_dir: str | Path | None, say: Say = prin
     status = out / STATUS_JSON
     atomic_write_json(status, {"status": "running", "started": now()})
     try:
-        result = _calibrate(cfg, out, kind, counts_file, counts_doc, say)
+        fixed = {i: r for i, s in enumerate(placement.bg_sites) if (r := sampler_ratio(model, s)) is not None}
+        result = _calibrate(cfg, out, placement, counts_file, counts_doc, say, fixed)
     except BaseException as e:
         if (stop := as_interrupt(e)) is None:
             atomic_write_json(status, {"status": "failed", "stopped": now(),
@@ -108,50 +115,77 @@ def run_calibration(cfg: DictConfig, out_dir: str | Path | None, say: Say = prin
     return result
 
 
-def _calibrate(cfg: DictConfig, out: Path, kind: str, counts_file: Path, counts_doc: dict,
-               say: Say) -> CalibrationResult:
+def _calibrate(cfg: DictConfig, out: Path, placement: Placement, counts_file: Path, counts_doc: dict,
+               say: Say, fixed: dict[int, float] | None = None) -> CalibrationResult:
+    """Weights for every background stage (r measured, or calibrate.bg_ratio, or the ratio the head's own
+    hard-negative sampler fixes: `fixed`, by stage), then the foreground-only weights."""
     c = cfg.calibrate
     result = CalibrationResult(detector=cfg.detector.name, dataset=cfg.dataset.name, counts_file=str(counts_file),
-                               kind=kind, config=OmegaConf.to_container(cfg, resolve=True), out_dir=str(out))
-    if kind == "one_stage":
-        say(f"{cfg.detector.name} is a one-stage detector: no background class to calibrate "
+                               kind=placement.kind, config=OmegaConf.to_container(cfg, resolve=True),
+                               out_dir=str(out))
+    bg = placement.bg_sites
+    names = weights_file_names(len(bg), placement.needs_fg)
+    if not bg:
+        say(f"{cfg.detector.name} has no background class in its classifiers: nothing to calibrate "
             "(foreground-only weights, supplementary section 6)")
-        wf = out / "weights.json"
-        write_weights(counts_file, wf)
-        result.weights_files = [str(wf)]
     elif c.bg_ratio is not None:
         r = float(c.bg_ratio)
-        stages = 3 if kind == "cascade" else 1
-        say(f"calibrate.bg_ratio={r:g}: the fixed background ratio for every RoI stage (nothing measured)")
-        for name in weights_file_names(stages):
+        say(f"calibrate.bg_ratio={r:g}: the fixed background ratio for every background stage (nothing measured)")
+        for name in names[: len(bg)]:
             write_weights(counts_file, out / name, bg_ratio=r)
             result.weights_files.append(str(out / name))
         result.r, result.bg_ratio_source = r, "fixed"
-        result.per_stage = [{"stage": i, "r": r, "ci95": None, "fg": None, "bg": None, "iters": 0, "trace": []}
-                            for i in range(stages)]
+        result.per_stage = [{"stage": i, "site": s.where, "r": r, "ci95": None, "fg": None, "bg": None, "iters": 0,
+                             "trace": []} for i, s in enumerate(bg)]
     else:
-        loss = cfg.loss if cfg.loss.type != "ecm" else OmegaConf.create({"name": "bce", "type": "bce"})
-        traces = _measure(cfg, out, class_names(counts_doc), loss, say)
-        stages = summarize(traces, int(c.bootstrap))
-        for st, name in zip(stages, weights_file_names(len(stages))):
+        fixed = fixed or {}
+        measured = [s for i, s in enumerate(bg) if i not in fixed]
+        loss = cfg.loss if cfg.loss.type != "ecm" else OmegaConf.create({"name": NATIVE, "type": NATIVE})
+        traces = iter(_measure(cfg, out, class_names(counts_doc), loss, measured, say) if measured else [])
+        stages = []
+        for i, site in enumerate(bg):
+            if i in fixed:
+                say(f"{site.head_type} ({site.where}) trains {fixed[i]:g} mined negatives per positive: r = "
+                    f"{fixed[i]:g} from its sampler, not counted at its loss (which sees every anchor)")
+                stages.append({"stage": i, "site": site.where, "r": fixed[i], "ci95": None, "fg": None, "bg": None,
+                               "iters": 0, "trace": [], "source": "sampler"})
+            else:
+                st = summarize([next(traces)], int(c.bootstrap))[0]
+                stages.append({**st, "stage": i, "site": site.where, "source": "measured"})
+        for st, name in zip(stages, names):
             if not (math.isfinite(st["r"]) and st["r"] > 0):
-                raise UserError(f"stage {st['stage']}: no foreground RoIs in {st['iters']} iterations; "
-                                "raise calibrate.max_iters or check the dataset's annotations")
+                raise UserError(f"stage {st['stage']} ({st['site']}): no foreground labels in {st['iters']} "
+                                "iterations; raise calibrate.max_iters or check the dataset's annotations")
             write_weights(counts_file, out / name, bg_ratio=st["r"])
             result.weights_files.append(str(out / name))
-        result.iters, result.r, result.ci95 = len(traces[0]), stages[0]["r"], stages[0]["ci95"]
-        result.per_stage, result.trace, result.calibration_loss = stages, stages[0]["trace"], loss.name
+        first = next((st for st in stages if st["source"] == "measured"), stages[0])
+        result.iters, result.r, result.ci95 = first["iters"], stages[0]["r"], stages[0]["ci95"]
+        result.per_stage, result.trace, result.calibration_loss = stages, first["trace"], loss.name
+        if not measured:
+            result.bg_ratio_source = "sampler"
+    if placement.needs_fg:
+        wf = out / names[-1]
+        write_weights(counts_file, wf)
+        result.weights_files.append(str(wf))
     atomic_write_json(out / CALIBRATION_JSON, result.to_json())
     return result
 
 
-def _measure(cfg: DictConfig, out: Path, classes: list[str], loss: DictConfig, say: Say) -> list[np.ndarray]:
-    """Train for at most calibrate.max_iters iterations with the calibration hook; its per-stage traces."""
+def _measure(cfg: DictConfig, out: Path, classes: list[str], loss: DictConfig, sites: list,
+             say: Say) -> list[np.ndarray]:
+    """Train for at most calibrate.max_iters iterations with the calibration hook on the background `sites`;
+    their per-stage traces."""
     c = cfg.calibrate
     cal = cfg.copy()
+    # a short run on this node only: under torchrun its processes (a multi-node job's other nodes join later)
+    launcher = (OmegaConf.merge(cfg.launcher, {"nnodes": 1, "node_rank": 0}) if cfg.launcher.name == "torchrun"
+                else OmegaConf.create({"name": "local"}))
+    # under recipe.batch_policy=accumulate, max_iters/min_iters are updates of the recipe's batch (the hook counts
+    # micro-steps, so min_iters is scaled here; build_mm_config scales max_iters)
+    steps = accumulation_steps(cfg, launcher)
     OmegaConf.update(cal, "train.max_iters", int(c.max_iters))
     OmegaConf.update(cal, "train.checkpoint_interval", int(c.max_iters) + 1)
-    mm = build_mm_config(cal, classes, out.resolve(), loss=loss)
+    mm = build_mm_config(cal, classes, out.resolve(), loss=loss, accumulation=steps)
     if mm.launcher == "slurm":
         mm.launcher = "none"
     mm.default_hooks.checkpoint = None
@@ -159,12 +193,10 @@ def _measure(cfg: DictConfig, out: Path, classes: list[str], loss: DictConfig, s
     mm.visualizer.vis_backends = [dict(type="LocalVisBackend")]
     trace_file = out / TRACE_JSON
     trace_file.unlink(missing_ok=True)
-    mm.custom_hooks = [dict(type="ecmctl.CalibrationHook", min_iters=int(c.min_iters), rel_tol=float(c.rel_tol),
-                            bootstrap=int(c.bootstrap), out_file=str(trace_file.resolve()))]
+    mm.custom_hooks = [dict(type="ecmctl.CalibrationHook", min_iters=steps * int(c.min_iters), rel_tol=float(c.rel_tol),
+                            bootstrap=int(c.bootstrap), out_file=str(trace_file.resolve()),
+                            sites=[[*s.path, s.loss_key] for s in sites])]
     atomic_write_text(out / CALIBRATION_MM_CONFIG, mm.pretty_text)
-    # a short run on this node only: under torchrun its processes (a multi-node job's other nodes join later)
-    launcher = (OmegaConf.merge(cfg.launcher, {"nnodes": 1, "node_rank": 0}) if cfg.launcher.name == "torchrun"
-                else OmegaConf.create({"name": "local"}))
     launch(train_task(out, config=CALIBRATION_MM_CONFIG), launcher, say, device=cfg.device)
     traces = json.loads(trace_file.read_text())["traces"]
     return [np.asarray(t, dtype=np.float64).reshape(-1, 2) for t in traces]

@@ -1,6 +1,8 @@
-"""The main job end to end: synth -> count -> calibrate -> train (ECM and BCE) -> eval -> report.
+"""The main job end to end: synth -> count -> calibrate -> train (each loss of `demo.losses`, each seed) -> eval
+-> compare -> report.
 
-Every stage is the library function behind its CLI command; only the wiring lives here.
+Every stage is the library function behind its CLI command; only the wiring lives here. The statistics over
+seeds and the table come from `ecmctl compare` (ecmctl.pipeline.compare), run on the demo's own runs.
 """
 
 from __future__ import annotations
@@ -12,9 +14,11 @@ from pathlib import Path
 from omegaconf import OmegaConf
 
 from ecmctl.core.config import compose
+from ecmctl.core.errors import UserError
 from ecmctl.core.io import atomic_write_json, check_writable
 from ecmctl.core.runs import now
-from ecmctl.core.schemas import DEMO_SCHEMA, GROUP_KEYS
+from ecmctl.core.schemas import DEMO_SCHEMA
+from ecmctl.pipeline import compare as comparing
 from ecmctl.pipeline import seeds as stats
 from ecmctl.pipeline.calibrate import run_calibration
 from ecmctl.pipeline.evaluate import evaluate
@@ -23,10 +27,8 @@ from ecmctl.pipeline.report import group_table, write_report
 from ecmctl.pipeline.train import train
 
 DEMO_DEFAULTS = ["detector=faster_rcnn_tiny", "schedule=demo", "train.log_level=WARNING", "train.progress=true"]
-# The metrics the demo compares, in table order: one entry per metric of metrics.json's bbox/segm sections.
-DEMO_METRICS: tuple[str, ...] = GROUP_KEYS
-# metrics.json sections the demo compares: standard AP and Fixed AP (Dave et al. 2021), box (and mask)
-DEMO_SECTIONS: tuple[str, ...] = ("bbox", "bbox_fixed", "segm", "segm_fixed")
+BASELINE = "bce"  # every loss is compared with it (with the first of demo.losses when bce is not among them)
+COMPARE_JSON = "compare.json"
 
 
 class StageClock:
@@ -44,77 +46,72 @@ class StageClock:
         self.say(f"stage {name}: {dt:.1f} s")
 
 
+def _unique(key: str, values: list) -> list:
+    dup = sorted({str(v) for v in values if values.count(v) > 1})
+    if dup:
+        raise UserError(f"config key {key!r} = {values}: lists {', '.join(dup)} more than once")
+    return values
+
+
 def run_demo(overrides: list[str] = (), say=print) -> dict:
-    """Run the whole pipeline for ECM and the BCE baseline over `demo.seeds`; returns demo.json's content."""
+    """Run the whole pipeline for every loss of `demo.losses` over `demo.seeds`, compare them by seed with bce
+    (`ecmctl compare`), and write the report; returns demo.json's content."""
     base = compose([*DEMO_DEFAULTS, *overrides])
     out = Path(base.demo.out)
     common = [*DEMO_DEFAULTS, *overrides, f"run_root={out}", f"demo.out={out}"]  # every job's runs go under out
     cfg = compose(common)
-    check_writable(out, "demo.out")  # before minutes of work, not after
+    losses = _unique("demo.losses", [str(x) for x in base.demo.losses])
+    seeds = _unique("demo.seeds", list(base.demo.seeds))
+    baseline = BASELINE if BASELINE in losses else losses[0]
+    # before minutes of work, not after: every loss composes (an unknown one is one line) and the outputs can be written
+    loss_type = {loss: compose([*common, f"loss={loss}"]).loss.type for loss in losses}
+    check_writable(out, "demo.out")
+    if out.is_dir():  # an earlier demo's compare.json is replaced, nothing else
+        comparing.check_outputs(out / COMPARE_JSON)
     clock = StageClock(say)
     with clock.stage("synth"):
         ensure_dataset(cfg, say)
     with clock.stage("count"):
         counts_file, counts = ensure_counts(cfg, say)
-    with clock.stage("calibrate"):
-        cal = run_calibration(cfg, out / "calibration", say, counts=(counts_file, counts))
-    runs: dict[str, list[str]] = {"ecm": [], "bce": []}
-    metrics: dict[str, list[dict]] = {"ecm": [], "bce": []}
-    for seed in list(base.demo.seeds):
-        for loss in ("ecm", "bce"):
+    cal = None
+    if "ecm" in loss_type.values():  # the ECM weights: r measured once, for every seed
+        with clock.stage("calibrate"):
+            cal = run_calibration(cfg, out / "calibration", say, counts=(counts_file, counts))
+    runs: dict[str, list[str]] = {loss: [] for loss in losses}
+    metrics: dict[str, list[dict]] = {loss: [] for loss in losses}
+    for seed in seeds:
+        for loss in losses:
             job = [*common, f"loss={loss}", f"seed={seed}", f"name=demo-{loss}-seed{seed}"]
-            if loss == "ecm":
+            if loss_type[loss] == "ecm":
                 job.append(f"weights_file={cal.weights_files[0]}")
             with clock.stage(f"train {loss}"):
                 run = train(compose(job), job, say)
             with clock.stage(f"eval {loss}"):
                 metrics[loss].append(evaluate(run.path, overrides=["eval.protocol=fixed"], say=say))
             runs[loss].append(str(run.path))
+    with clock.stage("compare"):
+        doc = comparing.compare_runs([r for loss in losses for r in runs[loss]], by="loss.name",
+                                     baseline=f"loss.name={baseline}", out=out / COMPARE_JSON)
     with clock.stage("report"):
-        rep = write_report([Path(runs["ecm"][0]), Path(runs["bce"][0])], out / "report")
+        rep = write_report([Path(runs[loss][0]) for loss in losses], out / "report", comparison=doc)
     freq = {c["name"]: c["frequency"] for c in counts["categories"]}
-    summary = {"schema": DEMO_SCHEMA, "finished": now(), "r": cal.r, "ci95": cal.ci95,
-               "calibration_iters": cal.iters, "seeds": list(base.demo.seeds), "runs": runs,
+    summary = {"schema": DEMO_SCHEMA, "finished": now(), "r": cal.r if cal else None,
+               "ci95": cal.ci95 if cal else None, "calibration_iters": cal.iters if cal else None,
+               "seeds": list(doc["seeds"]), "losses": losses, "baseline": baseline, "runs": runs,
                "dataset": {"name": cfg.dataset.name, "classes": len(freq),
                            "groups": {g: sum(f == g for f in freq.values()) for g in ("r", "c", "f")}},
-               "metrics": list(DEMO_METRICS), "interval": stats.INTERVAL,
-               "stats": seed_stats(metrics["bce"], metrics["ecm"]),
-               "mean": {loss: mean_metrics(ms) for loss, ms in metrics.items()},
+               "metrics": list(comparing.METRICS), "interval": stats.INTERVAL,
+               "stats": comparing.by_name(doc), "mean": comparing.means_by_name(doc),
                "per_seed": metrics_by_seed(metrics),
                "groups": {loss: [group_table(d, freq) for d in ms] for loss, ms in metrics.items()},
-               "stage_seconds": clock.times,
+               "compare": doc, "stage_seconds": clock.times,
                "report": str(rep["markdown"]), "counts_file": str(counts_file),
                "config": OmegaConf.to_container(cfg, resolve=True)}
     atomic_write_json(out / "demo.json", summary)
     return summary
 
 
-def seed_stats(bce: list[dict], ecm: list[dict], keys: tuple[str, ...] = DEMO_METRICS) -> dict:
-    """{iou: {metric: {"bce": summary, "ecm": summary, "diff": ECM − BCE paired by seed}}} (seeds.compare);
-    an IoU type or metric that no run reports is left out."""
-    out: dict = {}
-    for iou in DEMO_SECTIONS:
-        for key in keys:
-            b = [stats.metric_value(d, iou, key) for d in bce]
-            e = [stats.metric_value(d, iou, key) for d in ecm]
-            if all(v is None for v in b + e):
-                continue
-            c = stats.compare(b, e)
-            out.setdefault(iou, {})[key] = {"bce": c["base"], "ecm": c["other"], "diff": c["diff"]}
-    return out
-
-
-def mean_metrics(docs: list[dict], keys: tuple[str, ...] = DEMO_METRICS) -> dict:
-    """Mean over seeds of each box/mask metric (undefined values, -1, are left out)."""
-    out: dict = {}
-    for iou in DEMO_SECTIONS:
-        for key in keys:
-            vals = [v for v in (stats.metric_value(d, iou, key) for d in docs) if v is not None]
-            if vals:
-                out.setdefault(iou, {})[key] = sum(vals) / len(vals)
-    return out
-
-
-def metrics_by_seed(metrics: dict[str, list[dict]], keys: tuple[str, ...] = DEMO_METRICS) -> dict:
-    return {loss: [{iou: {k: d[iou].get(k) for k in keys} for iou in DEMO_SECTIONS if iou in d}
+def metrics_by_seed(metrics: dict[str, list[dict]], keys: tuple[str, ...] = comparing.METRICS) -> dict:
+    """Each loss's metrics per seed, as metrics.json has them ({loss: [{section: {metric: value}}]})."""
+    return {loss: [{iou: {k: d[iou].get(k) for k in keys} for iou in comparing.SECTIONS if iou in d}
                    for d in docs] for loss, docs in metrics.items()}

@@ -168,6 +168,7 @@ def _rescore(run: RunDir, cfg: DictConfig, say, gt: str | Path | None = None, ou
     doc["rescored_from"] = str(det_dir.relative_to(run.path))
     if gt is not None:
         doc["protocol"]["ann_file"] = str(gt)
+        doc["gt_sha256"] = sha256_file(gt)
         atomic_write_json(out, doc)
         return doc
     write_metrics(run.path, doc)
@@ -199,6 +200,8 @@ def metrics_document(run: RunDir, ckpt: Path, cfg: DictConfig, parsed: dict,
             "checkpoint_sha256": checkpoint_sha256 or sha256_file(ckpt), "evaluated": now(),
             "protocol": {"protocol": ev.protocol, "score_thr": float(ev.score_thr), "max_per_img": int(ev.max_per_img),
                          "topk": int(ev.topk), "ann_file": str(cfg.dataset.val_ann)},
+            # which ground truth, by content: `ecmctl compare` pairs only runs scored on the same one
+            "gt_sha256": sha256_file(cfg.dataset.val_ann) if Path(cfg.dataset.val_ann).is_file() else None,
             "recipe": run.meta.get("recipe"),  # with the paper's numbers, for a side-by-side
             **parsed}
 

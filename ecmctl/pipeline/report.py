@@ -8,9 +8,12 @@ Figures (each written only when its data exists in the runs):
   loss.png          training loss (and loss_cls) against iteration, one line per run
   mechanism.png     per frequency group: recall at the 300-detection cap and the mean score of true
                     positives, per run (metrics.json's optional bbox_recall_per_class / bbox_tp_score_per_class)
+  ap_by_group_seeds.png  AP by group over seeds, a point per seed, when some configuration has several seeds
+                    (the comparison of ecmctl.pipeline.compare; `ecmctl demo` passes its own)
 
-Matplotlib is used through `matplotlib.figure.Figure` only (no pyplot, no GUI backend, no global state):
-headless by construction. Every file is written to a temp name in the output directory, then renamed.
+Matplotlib is used through `matplotlib.figure.Figure` only (no pyplot, no GUI backend, no global state; the
+helpers are in ecmctl.pipeline.figures): headless by construction. Every file is written to a temp name in the
+output directory, then renamed.
 """
 
 from __future__ import annotations
@@ -24,7 +27,6 @@ from pathlib import Path
 
 from ecmctl.core.errors import UserError
 from ecmctl.core.io import (
-    atomic_write,
     atomic_write_text,
     check_output,
     check_writable,
@@ -40,10 +42,11 @@ from ecmctl.core.schemas import (
     GROUP_KEYS,
     WEIGHTS_SCHEMA,
 )
+from ecmctl.pipeline import compare as comparing
+from ecmctl.pipeline.figures import AP_PANELS, ap_by_group_figure, new_figure, save_figure
 from ecmctl.pipeline.seeds import metric_value
 
 REPORT_MD = "report.md"
-DPI = 110
 
 TITLES = {
     "weights": "ECM per-class weights w+ and w- (sorted ascending)",
@@ -169,28 +172,13 @@ def _unique_labels(runs: list[ReportRun]) -> None:
 # ----------------------------------------------------------------------------------------------- writing
 
 
-def _suptitle(fig) -> str:
-    getter = getattr(fig, "get_suptitle", None)  # matplotlib >= 3.8
-    if getter is not None:
-        return getter()
-    return fig._suptitle.get_text() if fig._suptitle is not None else ""
-
-
 def _save_figure(fig, path: Path) -> str:
     """Save as PNG (the title also goes into the PNG's Title text chunk); returns the title read back."""
-    title = _suptitle(fig)
-    atomic_write(path, binary=True, write=lambda f: fig.savefig(f, format="png", dpi=DPI,
-                                              metadata={"Title": title, "Software": "ecmctl report"}))
-    return title
+    return save_figure(fig, path, software="ecmctl report")
 
 
 def _new_figure(name: str, ncols: int = 1, width: float = 6.4, height: float = 4.4):
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(width * ncols if ncols > 1 else width, height), layout="constrained")
-    axes = fig.subplots(1, ncols, squeeze=False)[0]
-    fig.suptitle(TITLES[name])
-    return fig, list(axes)
+    return new_figure(TITLES[name], ncols=ncols, width=width, height=height)
 
 
 # ----------------------------------------------------------------------------------------------- figures
@@ -277,32 +265,10 @@ def figure_margins(run: ReportRun):
 def figure_ap_by_group(runs: list[ReportRun]):
     """Grouped bars: AP, APr, APc, APf (in %) per run; a mask panel when any run has segm metrics, and a Fixed AP
     panel (Dave et al. 2021: per-class top 10,000 over the dataset, no per-image cap) when evaluated."""
-    import numpy as np
-
-    panels = [("bbox", "box"), ("bbox_fixed", "box Fixed"), ("segm", "mask"), ("segm_fixed", "mask Fixed")]
-    ious = [(iou, label) for iou, label in panels if iou == "bbox" or any(iou in r.metrics for r in runs)]
-    fig, axes = _new_figure("ap_by_group", ncols=len(ious), width=max(5.0, 3.0 + 0.5 * len(runs)))
-    x = np.arange(len(GROUP_KEYS))
-    width = 0.8 / len(runs)
-    for ax, (iou, label) in zip(axes, ious, strict=True):
-        top = 0.0
-        for r in runs:
-            vals = [metric_value(r.metrics, iou, k) for k in GROUP_KEYS]
-            h = np.array([100 * v if v is not None else np.nan for v in vals])
-            pos = x - 0.4 + width * (r.index + 0.5)
-            ax.bar(pos, np.nan_to_num(h), width * 0.95, color=r.color, label=r.label)
-            for p, v in zip(pos, h, strict=True):
-                ax.text(p, (0 if np.isnan(v) else v), "n/a" if np.isnan(v) else f"{v:.1f}",
-                        ha="center", va="bottom", fontsize=7, rotation=90 if len(runs) > 3 else 0)
-            if np.isfinite(h).any():
-                top = max(top, float(np.nanmax(h)))
-        ax.set_xticks(x, list(GROUP_KEYS))
-        ax.set_ylim(0, max(top * 1.2, 1.0))
-        ax.set_ylabel(f"{label} AP (%)")
-        ax.set_title(f"{label} ({iou})")
-        ax.grid(axis="y", alpha=0.3)
-        ax.legend(fontsize=8)
-    return fig
+    series = [{"label": r.label, "color": r.color,
+               "values": {iou: {k: [metric_value(r.metrics, iou, k)] for k in GROUP_KEYS}
+                          for iou, _ in AP_PANELS if iou in r.metrics}} for r in runs]
+    return ap_by_group_figure(series, TITLES["ap_by_group"])
 
 
 def per_class_points(run: ReportRun, counts: dict | None) -> tuple[list[float], list[float], int]:
@@ -541,11 +507,14 @@ FIGURE_HEADINGS = {
     "ap_per_class": "Per-class AP",
     "loss": "Training loss",
     "mechanism": "Recall at the cap and true-positive scores",
+    "ap_by_group_seeds": "AP by frequency group over seeds",
 }
+SEEDS_FIGURE = "ap_by_group_seeds"  # the comparison over seeds (ecmctl.pipeline.compare), when there is one
 
 
 def report_markdown(runs: list[ReportRun], figures: dict[str, Path], titles: dict[str, str],
-                    notes: list[str], mechanism: dict[str, dict] | None = None) -> str:
+                    notes: list[str], mechanism: dict[str, dict] | None = None,
+                    comparison: dict | None = None) -> str:
     stamp = dt.datetime.now().astimezone().isoformat(timespec="seconds")
     out = [REPORT_HEADER, "", f"{len(runs)} run(s), generated {stamp}.", "",
            "## Runs", "", "| run | directory | status | ECM weights | training log |",
@@ -557,6 +526,9 @@ def report_markdown(runs: list[ReportRun], figures: dict[str, Path], titles: dic
         out.append(f"| {_md(r.label)} | `{_md(r.path)}` | {status} | {_md(w)} | {log} |")
     out += ["", "## Metrics", "", "AP in %; in brackets, the difference from the first run.", ""]
     out += metrics_markdown(runs)
+    if comparison:
+        out += ["", "## Over seeds", "", comparing.summary_line(comparison) + ".", ""]
+        out += comparing.markdown(comparison)
     if mechanism:
         out += ["", "## Recall at the cap by frequency group", "",
                 "Recall at 300 detections per image (%, mean over IoU 0.50:0.95) and the mean score of true "
@@ -597,8 +569,12 @@ def _prepare_out_dir(out_dir: Path) -> Path:
     return make_dirs(out_dir, "report directory")
 
 
-def write_report(run_dirs: list[Path], out_dir: Path) -> dict:
+def write_report(run_dirs: list[Path], out_dir: Path, comparison: dict | None = None) -> dict:
     """Write report.md and the figures into out_dir (created); all runs are checked before any write.
+
+    Over seeds: `comparison` (ecmctl.pipeline.compare's document, e.g. of all the demo's runs) adds a section
+    with its table and the AP-by-group figure with a point per seed; without it, the runs themselves are
+    compared when some configuration among them was run with several seeds.
 
     Returns {"markdown": Path, "figures": {name: Path}, "titles": {name: title read back from the
     figure}, "runs": [labels], "notes": [why a figure was left out, ...]}.
@@ -609,9 +585,13 @@ def write_report(run_dirs: list[Path], out_dir: Path) -> dict:
     _check_out_dir(out_dir, list(run_dirs))  # fail before reading every run
     runs = [load_run(p, i) for i, p in enumerate(run_dirs)]
     _unique_labels(runs)
+    notes: list[str] = []
+    if comparison is None:
+        comparison, why_not = comparing.for_report(list(run_dirs))
+        if why_not:
+            notes.append(why_not)
     _prepare_out_dir(out_dir)
 
-    notes: list[str] = []
     figures: dict[str, Path] = {}
     titles: dict[str, str] = {}
 
@@ -626,6 +606,10 @@ def write_report(run_dirs: list[Path], out_dir: Path) -> dict:
     else:
         notes.append("no run has ECM weights (all baselines): weights and margins figures left out")
     save("ap_by_group", figure_ap_by_group(runs))
+    if comparison:
+        figures[SEEDS_FIGURE] = comparing.write_figure(comparison, out_dir / f"{SEEDS_FIGURE}.png",
+                                                       software="ecmctl report")
+        titles[SEEDS_FIGURE] = comparing.FIGURE_TITLE
 
     fallback_counts = next((r.counts for r in runs if r.counts), None)
     points = {}
@@ -665,7 +649,7 @@ def write_report(run_dirs: list[Path], out_dir: Path) -> dict:
         save("loss", figure_loss(runs))
 
     md = out_dir / REPORT_MD
-    text = report_markdown(runs, figures, titles, notes, mechanism)
+    text = report_markdown(runs, figures, titles, notes, mechanism, comparison)
     atomic_write_text(md, text)
     return {"markdown": md, "figures": figures, "titles": titles, "runs": [r.label for r in runs],
             "notes": notes}

@@ -18,7 +18,7 @@ from ecmctl.core.runs import HYDRA_CONFIG, MM_CONFIG, RunDir, git_commit, new_ru
 from ecmctl.ecm.weights import EVERY_WEIGHTS_FILE, weights_file_names
 from ecmctl.engine.builder import base_config, build_mm_config, pretrained_checkpoint
 from ecmctl.engine.checkpoints import ensure_checkpoint, read_state_dict
-from ecmctl.engine.placement import detector_kind
+from ecmctl.engine.placement import Placement, check_loss, drop_semantic_branch, model_has_masks, plan_placement
 from ecmctl.launch import launch, train_task
 from ecmctl.pipeline.calibrate import run_calibration
 from ecmctl.pipeline.prepare import (
@@ -37,29 +37,50 @@ from ecmctl.pipeline.recipes import BatchPlan, plan_batch
 class RunPlan:
     """What a run will be, decided from the config alone (no data read): fails fast on bad choices."""
 
-    kind: str  # two_stage | cascade | one_stage
+    placement: Placement  # the classification sites and the weights files loss=ecm needs
     batch: BatchPlan
     pretrained: str | None
+    notes: tuple[str, ...] = ()  # what ecmctl changed in the detector beyond classes and loss, said once
+
+    @property
+    def kind(self) -> str:  # two_stage | cascade | query | one_stage
+        return self.placement.kind
 
     @property
     def stages(self) -> int:
-        return 3 if self.kind == "cascade" else 1
+        """Classification sites with a background class, each calibrated to its own r."""
+        return self.placement.stages
 
     def weights_names(self, loss_type: str) -> list[str] | None:
-        """The run's own copies of the weights file(s), relative to the run directory."""
+        """The run's own copies of the weights file(s), relative to the run directory: one per background
+        stage, then the foreground-only one when the detector has such sites."""
         if loss_type != "ecm":
             return None
-        return [f"inputs/{name}" for name in weights_file_names(self.stages)]
+        return [f"inputs/{name}" for name in weights_file_names(self.stages, self.placement.needs_fg)]
+
+    def with_background(self, i: int) -> bool:
+        """Whether the i-th weights file of `weights_names` has a background class."""
+        return i < self.stages
 
 
 def plan_run(cfg: DictConfig) -> RunPlan:
-    """Detector kind, batch/lr and backbone checkpoint; refuses what cannot run (device, strict recipe)."""
+    """Classification sites, batch/lr and backbone checkpoint; refuses what cannot run (a head ECM or the chosen
+    loss cannot reach, device, strict recipe) before anything is written."""
     require_device(cfg.device)
     mm = base_config(cfg)
-    return RunPlan(kind=detector_kind(mm.model), batch=plan_batch(cfg), pretrained=pretrained_checkpoint(mm))
+    dropped = drop_semantic_branch(mm.model)
+    placement = plan_placement(mm.model)
+    if cfg.loss.type in ("ce", "seesaw") and (other := [s for s in placement.sites if not s.roi]):
+        raise UserError(f"loss={cfg.loss.name} is defined for RoI box heads only; {other[0].head_type} "
+                        f"({other[0].where}) classifies with {other[0].base_loss}: use loss=ecm or loss=bce")
+    check_loss(placement, cfg.loss.type)  # eqlv2/eql/fed on RoI box heads only, efl on focal-loss heads only
+    notes = tuple(f"{d}: removed (a semantic-segmentation branch needs stuff maps that instance annotations "
+                  "do not have)" for d in dropped)
+    return RunPlan(placement=placement, batch=plan_batch(cfg), pretrained=pretrained_checkpoint(mm), notes=notes)
 
 
 MMDET_CONFIG_HEADER = "# mmdet config written by `ecmctl train --mmdet-config`"
+RUN_COUNTS = "inputs/counts.json"  # the run's copy of its counts (`prepare`), relative to the run: eql/fed read it
 
 
 def write_mmdet_config(cfg: DictConfig, out: str | Path, say: Say = print) -> Path:
@@ -72,7 +93,7 @@ def write_mmdet_config(cfg: DictConfig, out: str | Path, say: Say = print) -> Pa
     plan = plan_run(cfg)
     say(plan.batch.message())
     mm = build_mm_config(cfg, class_names_without_data(cfg), "RUN_DIR", plan.weights_names(cfg.loss.type),
-                         lr=plan.batch.lr)
+                         lr=plan.batch.lr, accumulation=plan.batch.accumulation, counts_file=RUN_COUNTS)
     return atomic_write_text(out, f"{MMDET_CONFIG_HEADER}\n{mm.pretty_text}")
 
 
@@ -94,9 +115,18 @@ def given_weights(cfg: DictConfig, plan: RunPlan, say: Say = print) -> list[str]
     if not cfg.weights_file:
         return None
     given = cfg.weights_file
-    files = [str(given)] * plan.stages if isinstance(given, str) else [str(f) for f in given]
-    if len(files) != plan.stages:
-        raise UserError(f"weights_file: {len(files)} files for {plan.stages} RoI stage(s) of {cfg.detector.name}")
+    want = len(plan.weights_names("ecm"))
+    if isinstance(given, str):
+        if want > 1 and plan.placement.needs_fg:
+            raise UserError(f"weights_file: {cfg.detector.name} needs {plan.stages} weights file(s) with background "
+                            "and one foreground-only file; give them as a list, background stages first")
+        files = [str(given)] * want  # every RoI stage with the same r
+    else:
+        files = [str(f) for f in given]
+    if len(files) != want:
+        raise UserError(f"weights_file: {len(files)} files, but {cfg.detector.name} needs {want} "
+                        f"({plan.stages} with background, one per stage"
+                        + (", then one foreground-only)" if plan.placement.needs_fg else ")"))
     return files
 
 
@@ -104,8 +134,8 @@ def check_run_weights(cfg: DictConfig, plan: RunPlan, files: list[str], counts_f
     """Every weights file of the run: consistent values, the dataset's classes and counts, the head's layout,
     and made from this dataset's annotations (unless allow_foreign_weights)."""
     ann_sha = annotations_sha256(cfg.dataset.train_ann)
-    for f in files:
-        check_weights(f, counts, with_background=plan.kind != "one_stage", counts_file=counts_file,
+    for i, f in enumerate(files):
+        check_weights(f, counts, with_background=plan.with_background(i), counts_file=counts_file,
                       ann_sha256=ann_sha, allow_foreign=bool(cfg.allow_foreign_weights))
 
 
@@ -118,12 +148,12 @@ def resolve_weights(cfg: DictConfig, plan: RunPlan, counts_file: Path, counts: d
         return None
     if not files:
         say("loss=ecm has no weights_file: running `ecmctl calibrate` first"
-            + (" (one-stage: foreground-only weights)" if plan.kind == "one_stage" else ""))
+            + (" (foreground-only weights)" if plan.stages == 0 else ""))
         cal = run_calibration(cfg, run.path / "calibration", say, counts=(counts_file, counts))
         run.save_input("calibration", run.path / "calibration" / "calibration.json", "calibration.json")
         for st in cal.per_stage:
             ci = f", 95% CI [{st['ci95'][0]:.4g}, {st['ci95'][1]:.4g}]" if st.get("ci95") else ""
-            say(f"r = {st['r']:.4g}{ci}" + (f" (RoI stage {st['stage']})" if len(cal.per_stage) > 1 else "")
+            say(f"r = {st['r']:.4g}{ci}" + (f" (stage {st['stage']}: {st['site']})" if len(cal.per_stage) > 1 else "")
                 + (f" over {st['iters']} iterations" if st.get("iters") else " (fixed)"))
         files = list(cal.weights_files)
         check_run_weights(cfg, plan, files, counts_file, counts)
@@ -135,6 +165,21 @@ def resolve_weights(cfg: DictConfig, plan: RunPlan, counts_file: Path, counts: d
     return names
 
 
+def check_amp(cfg: DictConfig) -> None:
+    """train.amp=true trains with mmengine's AmpOptimWrapper, which needs CUDA: refused before any work where the
+    run would train on this machine's CPU (on SLURM the ranks' nodes decide, engine/runner.py amp_dtype)."""
+    if not cfg.train.amp:
+        return
+    where = "device=cpu" if cfg.device == "cpu" else None
+    if where is None and cfg.launcher.name != "slurm":
+        import torch
+
+        where = None if torch.cuda.is_available() else "no GPU is usable here"
+    if where:
+        raise UserError(f"train.amp=true needs a GPU (mmengine's AmpOptimWrapper trains on CUDA only), but {where}; "
+                        "set train.amp=false")
+
+
 def prepare(cfg: DictConfig, overrides: list[str], say: Say = print,
             on_run: Callable[[RunDir], None] | None = None) -> RunDir:
     """Plan and check every input (device, run_dir, counts, given weights) before anything is written; then
@@ -142,6 +187,9 @@ def prepare(cfg: DictConfig, overrides: list[str], say: Say = print,
     A failure after the directory exists leaves it `failed` (with the reason) or `interrupted`."""
     plan = plan_run(cfg)
     say(plan.batch.message())
+    for note in plan.notes:
+        say(note)
+    check_amp(cfg)
     if cfg.run_dir:
         RunDir.check_new(cfg.run_dir)
     else:
@@ -161,12 +209,17 @@ def prepare(cfg: DictConfig, overrides: list[str], say: Say = print,
                launcher=cfg.launcher.name, max_iters=cfg.train.max_iters, max_epochs=cfg.train.max_epochs,
                recipe=OmegaConf.to_container(cfg.recipe) if cfg.recipe.name else None,
                effective_batch=plan.batch.effective_batch, world_size=plan.batch.world_size, lr=plan.batch.lr,
-               base_lr=plan.batch.base_lr, base_batch=plan.batch.base_batch, pretrained=plan.pretrained)
+               base_lr=plan.batch.base_lr, base_batch=plan.batch.base_batch, pretrained=plan.pretrained,
+               batch_policy=plan.batch.policy, accumulation_steps=plan.batch.accumulation,
+               images_per_iteration=plan.batch.images_per_iteration, amp=bool(cfg.train.amp),
+               amp_dtype=str(cfg.train.get("amp_dtype", "auto")) if cfg.train.amp else None)
     try:
         run.save_input("counts", counts_file, "counts.json")
         weights = resolve_weights(cfg, plan, counts_file, counts, run, say, files)
         foreign = foreign_inputs(cfg, counts_file, counts, [str(run.path / w) for w in weights or []])
-        mm = build_mm_config(cfg, class_names(counts), run.path.resolve(), weights, lr=plan.batch.lr)
+        mm = build_mm_config(cfg, class_names(counts), run.path.resolve(), weights, lr=plan.batch.lr,
+                             accumulation=plan.batch.accumulation, counts_file=RUN_COUNTS)
+        OmegaConf.update(cfg, "detector.with_mask", model_has_masks(mm.model))  # eval reads it from the run
         atomic_write_text(run.path / HYDRA_CONFIG, to_yaml(cfg))
         atomic_write_text(run.path / MM_CONFIG, mm.pretty_text)
     except BaseException as e:
@@ -186,8 +239,8 @@ def _bg_ratio_used(run: RunDir) -> dict:
     """Which background ratio r the run's ECM weights were made with, per RoI stage, and how."""
     from ecmctl.core.io import load_json
 
-    ratios = [load_json(p)["bg_ratio"] for name in EVERY_WEIGHTS_FILE
-              if (p := run.input_path(Path(name).stem)) is not None]
+    ratios = [r for name in EVERY_WEIGHTS_FILE
+              if (p := run.input_path(Path(name).stem)) is not None and (r := load_json(p)["bg_ratio"]) is not None]
     cal = run.input_path("calibration")
     source = load_json(cal).get("bg_ratio_source", "measured") if cal else "given"
     return {"bg_ratio": ratios, "bg_ratio_source": source} if ratios else {}

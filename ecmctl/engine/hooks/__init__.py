@@ -1,9 +1,11 @@
 """mmengine hooks registered under the `ecmctl` scope (importing this package registers them).
 
-calibration (fg/bg label counts for r) · progress (a rich progress bar for quiet runs).
+calibration (fg/bg label counts for r) · progress (a rich progress bar for quiet runs) · pipeline_switch
+(RTMDet's pipeline switch under RFS, schedule=native).
 """
 
 from ecmctl.engine.hooks.calibration import CalibrationHook
+from ecmctl.engine.hooks.pipeline_switch import PipelineSwitchHook
 from ecmctl.engine.hooks.progress import ProgressHook
 
-__all__ = ["CalibrationHook", "ProgressHook"]
+__all__ = ["CalibrationHook", "PipelineSwitchHook", "ProgressHook"]

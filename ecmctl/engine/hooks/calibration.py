@@ -1,6 +1,8 @@
-"""The calibration hook: counts, per iteration and per RoI stage, the foreground and background labels that
-reach the classification loss (label_weights > 0), through forward pre-hooks on the loss modules, so the
-model computes exactly what it would without it. Rank 0 writes the traces; `ecm.background` reads them."""
+"""The calibration hook: counts, per iteration and per background stage (a RoI stage, a no-object query head),
+the foreground and background labels that reach the classification loss (label_weights > 0), through forward
+pre-hooks on the loss modules, so the model computes exactly what it would without it. A head with deep
+supervision (DETR's decoder layers) calls its loss once per layer: the totals are multiplied, the ratio is not.
+Rank 0 writes the traces; `ecm.background` reads them."""
 
 from __future__ import annotations
 
@@ -14,15 +16,17 @@ from mmengine.registry import HOOKS
 from ecmctl.core.io import atomic_write_text
 from ecmctl.ecm.background import estimate, precise_enough
 from ecmctl.engine.compat import scope_registry
+from ecmctl.engine.placement import node_at
 
 
-def built_roi_bbox_heads(model: torch.nn.Module) -> list[torch.nn.Module]:
-    """The built RoI box head modules in stage order (one per Cascade stage); [] for dense heads."""
+def built_sites(model: torch.nn.Module, sites: list[list]) -> list[tuple[torch.nn.Module, torch.nn.Module]]:
+    """(head, loss module) of each site, a config path ending with the loss key (placement.Site)."""
     model = getattr(model, "module", model)
-    roi = getattr(model, "roi_head", None)
-    if roi is None:
-        return []
-    return list(roi.bbox_head) if isinstance(roi.bbox_head, torch.nn.ModuleList) else [roi.bbox_head]
+    out = []
+    for *path, key in sites:
+        head = node_at(model, path)
+        out.append((head, getattr(head, key)))
+    return out
 
 
 class LabelCounter:
@@ -53,25 +57,26 @@ class LabelCounter:
 
 @scope_registry(HOOKS).register_module(name="CalibrationHook")
 class CalibrationHook(Hook):
-    """Records [fg, bg] per iteration for each RoI stage; stops training once r has converged and,
+    """Records [fg, bg] per iteration for each background stage (`sites`); stops training once r has converged and,
     with `out_file`, rank 0 writes {"traces": [[[fg, bg], ...] per stage]} there after training."""
 
     priority = "VERY_LOW"
 
     def __init__(self, min_iters: int = 20, rel_tol: float = 0.02, bootstrap: int = 1000,
-                 progress: bool = True, out_file: str | None = None) -> None:
+                 progress: bool = True, out_file: str | None = None, sites: list[list] | None = None) -> None:
         self.min_iters, self.rel_tol, self.bootstrap, self.progress = min_iters, rel_tol, bootstrap, progress
         self.out_file = out_file
+        self.sites = [list(s) for s in sites or []]
         self.counters: list[LabelCounter] = []
         self.handles: list = []
         self.traces: list[list[tuple[int, int]]] = []
         self._bar = None
 
     def before_train(self, runner) -> None:
-        heads = built_roi_bbox_heads(runner.model)
-        self.counters = [LabelCounter(h.num_classes) for h in heads]
-        self.handles = [h.loss_cls.register_forward_pre_hook(c, with_kwargs=True)
-                        for h, c in zip(heads, self.counters)]
+        heads = built_sites(runner.model, self.sites)
+        self.counters = [LabelCounter(h.num_classes) for h, _ in heads]
+        self.handles = [loss.register_forward_pre_hook(c, with_kwargs=True)
+                        for (_, loss), c in zip(heads, self.counters)]
         self.traces = [[] for _ in heads]
         if self.progress and runner.rank == 0:
             from rich.console import Console
