@@ -284,7 +284,8 @@ def test_foreground_only_weights_for_a_two_stage_detector(world, tmp_path):
 
 def test_cascade_needs_one_weights_file_per_stage(world, tmp_path):
     fails(["train", *world.base(tmp_path / "runs"), "detector=cascade_mask_rcnn_tiny", "loss=ecm",
-           f"counts_file={world.counts}", f"weights_file=[{world.weights},{world.weights}]"], "needs 3 (3 with background",
+           f"counts_file={world.counts}", f"weights_file=[{world.weights},{world.weights}]"],
+          "needs 3 (3 with background",
           roots=(tmp_path, *world.inputs()))
 
 

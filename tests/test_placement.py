@@ -199,3 +199,31 @@ def test_mmdet_config_for_a_query_detector_names_its_weights(tmp_path):
     assert mm.model.bbox_head.type == "ECMDETRHead"
     assert mm.model.bbox_head.loss_cls.weights_file == "inputs/weights.json"
     assert json.dumps(mm.model.train_cfg.to_dict()).count("ECMClassificationCost") == 1
+
+
+def test_sabl_scores_with_its_loss_not_softmax(tmp_path):
+    """SABLHead applies softmax whatever its loss; ecmctl's subclass scores with ECM's σ(s_c)·(1 − σ(s_bg))."""
+    import torch
+    from mmdet.registry import MODELS
+    from mmdet.utils import register_all_modules
+
+    import ecmctl.engine.ecm_heads  # noqa: F401  (registers ECMSABLHead)
+    import ecmctl.losses  # noqa: F401
+    from ecmctl.ecm.weights import weights_document
+
+    register_all_modules()
+    counts = {"categories": [{"id": i + 1, "name": f"c{i}", "instance_count": 10 * (i + 1)} for i in range(5)]}
+    wf = tmp_path / "w.json"
+    wf.write_text(json.dumps(weights_document(counts, "x", 3.0)))
+    model = model_of("sabl/sabl-faster-rcnn_r50_fpn_1x_coco.py")
+    apply_loss(model, {"type": "ecm"}, 5, [str(wf)])
+    head = MODELS.build(model["roi_head"]["bbox_head"]).eval()
+    assert type(head).__name__ == "ECMSABLHead"
+    torch.manual_seed(0)
+    feats = torch.randn(4, 256, 7, 7)
+    rois = torch.tensor([[0, 10, 10, 50, 60], [0, 0, 0, 30, 30], [0, 5, 20, 70, 90], [0, 40, 40, 90, 90]]).float()
+    with torch.no_grad():
+        cls_score, bbox_pred = head(feats)
+        res = head._predict_by_feat_single(rois, cls_score, bbox_pred, {"img_shape": (100, 100)}, rcnn_test_cfg=None)
+    torch.testing.assert_close(res.scores, head.loss_cls.get_activation(cls_score))
+    assert not torch.allclose(res.scores, torch.softmax(cls_score, dim=1))
