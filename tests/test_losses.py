@@ -9,9 +9,10 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from loss_weights import ref_arrays
+from loss_weights import write_weights_file as write_file
 
 from ecmctl.core.errors import UserError
-from ecmctl.ecm.weights import load_weights, weights_document
 from ecmctl.losses import ECMFocalLoss, ECMLoss
 
 C = 5  # foreground classes of the synthetic dataset
@@ -19,21 +20,8 @@ COUNTS = [1000, 300, 40, 7, 2]
 BG_RATIO = 3.0
 
 
-def counts_doc(counts) -> dict:
-    return {
-        "schema": "ecmctl/counts@1",
-        "source": {"path": "synthetic", "sha256": "0" * 64, "num_images": 10,
-                   "num_annotations": int(sum(counts))},
-        "categories": [{"id": i + 1, "name": f"cls{i}", "frequency": "f", "instance_count": int(n),
-                        "image_count": int(n)} for i, n in enumerate(counts)],
-    }
-
-
 def write_weights_file(path, counts=COUNTS, bg_ratio=BG_RATIO):
-    doc = weights_document(counts_doc(counts), "0" * 64, bg_ratio)
-    path.write_text(json.dumps(doc))
-    return path
-
+    return write_file(path, counts, bg_ratio)
 
 @pytest.fixture(scope="module")
 def files(tmp_path_factory):
@@ -44,12 +32,6 @@ def files(tmp_path_factory):
         "equal_bg": write_weights_file(d / "equal_bg.json", counts=[50], bg_ratio=1.0),
         "equal_fg": write_weights_file(d / "equal_fg.json", counts=[50, 50], bg_ratio=None),
     }
-
-
-def ref_arrays(path, dtype=torch.float64):
-    """log w+, log w-, m straight from the weights file (independent of the loss module)."""
-    cw = load_weights(path)
-    return tuple(torch.as_tensor(a, dtype=dtype) for a in (cw.log_w_pos, cw.log_w_neg, cw.det_weight))
 
 
 def ref_ecm_per_roi(s, labels, path):

@@ -4,13 +4,12 @@ and refusals."""
 
 from __future__ import annotations
 
-import json
-
 import pytest
 import torch
+from loss_weights import ref_arrays
+from loss_weights import write_weights_file as write_file
 
 from ecmctl.core.errors import UserError
-from ecmctl.ecm.weights import load_weights, weights_document
 from ecmctl.losses import ECMGHMC, ECMGaussianFocalLoss
 
 C = 5  # foreground classes
@@ -18,20 +17,8 @@ COUNTS = [1000, 300, 40, 7, 2]
 F32_EPS = torch.finfo(torch.float32).eps  # mmdet's weight_reduce_loss divides by avg_factor + this
 
 
-def counts_doc(counts) -> dict:
-    return {
-        "schema": "ecmctl/counts@1",
-        "source": {"path": "synthetic", "sha256": "0" * 64, "num_images": 10,
-                   "num_annotations": int(sum(counts))},
-        "categories": [{"id": i + 1, "name": f"cls{i}", "frequency": "f", "instance_count": int(n),
-                        "image_count": int(n)} for i, n in enumerate(counts)],
-    }
-
-
 def write_weights_file(path, counts=COUNTS, bg_ratio=None):
-    path.write_text(json.dumps(weights_document(counts_doc(counts), "0" * 64, bg_ratio)))
-    return path
-
+    return write_file(path, counts, bg_ratio)
 
 @pytest.fixture(scope="module")
 def files(tmp_path_factory):
@@ -41,12 +28,6 @@ def files(tmp_path_factory):
         "bg": write_weights_file(d / "bg.json", bg_ratio=3.0),
         "equal_fg": write_weights_file(d / "equal_fg.json", counts=[50, 50]),
     }
-
-
-def ref_arrays(path, dtype=torch.float64):
-    """log w+, log w-, m straight from the weights file (independent of the loss modules)."""
-    cw = load_weights(path)
-    return tuple(torch.as_tensor(a, dtype=dtype) for a in (cw.log_w_pos, cw.log_w_neg, cw.det_weight))
 
 
 def uniform_m(path):

@@ -3,15 +3,14 @@ test scores and the Hungarian matching cost, on real mmdet modules."""
 
 from __future__ import annotations
 
-import json
-
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from loss_weights import ref_arrays
+from loss_weights import write_weights_file as write_file
 
 from ecmctl.core.errors import UserError
-from ecmctl.ecm.weights import load_weights, weights_document
 from ecmctl.engine import ecm_heads
 from ecmctl.losses import ECMLoss, ECMNoObjectLoss, no_object_scores
 
@@ -20,20 +19,8 @@ COUNTS = [1000, 300, 40, 7, 2]
 BG_RATIO = 4.0  # unmatched / matched queries
 
 
-def counts_doc(counts) -> dict:
-    return {
-        "schema": "ecmctl/counts@1",
-        "source": {"path": "synthetic", "sha256": "0" * 64, "num_images": 10,
-                   "num_annotations": int(sum(counts))},
-        "categories": [{"id": i + 1, "name": f"cls{i}", "frequency": "f", "instance_count": int(n),
-                        "image_count": int(n)} for i, n in enumerate(counts)],
-    }
-
-
 def write_weights_file(path, counts=COUNTS, bg_ratio=BG_RATIO):
-    path.write_text(json.dumps(weights_document(counts_doc(counts), "0" * 64, bg_ratio)))
-    return path
-
+    return write_file(path, counts, bg_ratio)
 
 @pytest.fixture(scope="module")
 def files(tmp_path_factory):
@@ -43,12 +30,6 @@ def files(tmp_path_factory):
         "fg": write_weights_file(d / "fg.json", bg_ratio=None),
         "equal_bg": write_weights_file(d / "equal_bg.json", counts=[50], bg_ratio=1.0),
     }
-
-
-def ref_arrays(path, dtype=torch.float64):
-    """log w+, log w-, m straight from the weights file (independent of the loss module)."""
-    cw = load_weights(path)
-    return tuple(torch.as_tensor(a, dtype=dtype) for a in (cw.log_w_pos, cw.log_w_neg, cw.det_weight))
 
 
 def ref_per_query(s, labels, path):
