@@ -290,3 +290,31 @@ def test_torchvision_checkpoint_urls_resolve_without_torchvision():
     compat.apply()
     urls = checkpoint.get_torchvision_models()
     assert urls["resnet50"].startswith("https://download.pytorch.org/models/resnet50-")
+
+
+# --- d. mmdet's mask pasting of boxes outside the image ------------------------------------------------
+
+
+def test_mask_head_pastes_boxes_outside_the_image():
+    """A chunk whose boxes all lie right of the image: mmdet raises in torch.arange; with the fix nothing is
+    pasted, and a box inside the image is still pasted as mmdet pastes it."""
+    from mmdet.models.roi_heads.mask_heads import FCNMaskHead, fcn_mask_head
+    from mmengine.config import ConfigDict
+
+    head = FCNMaskHead(num_convs=0, in_channels=4, conv_out_channels=4, num_classes=2).eval()
+    masks = torch.rand(2, 2, 28, 28)
+    outside = torch.tensor([[120.0, 10.0, 140.0, 30.0], [130.0, 5.0, 150.0, 25.0]])
+    inside = torch.tensor([[10.0, 10.0, 40.0, 50.0], [20.0, 5.0, 60.0, 25.0]])
+    cfg = ConfigDict(mask_thr_binary=0.5)
+
+    def predict(boxes):
+        meta = {"ori_shape": (64, 100), "scale_factor": (1.0, 1.0)}
+        return head._predict_by_feat_single(masks, boxes, torch.tensor([0, 1]), meta, cfg, rescale=False)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(fcn_mask_head, "_do_paste_mask", compat._ORIGINAL_PASTE_MASK)  # the fix undone
+        with pytest.raises(RuntimeError, match="inconsistent with step sign"):
+            predict(outside)
+        want = predict(inside)
+    assert not predict(outside).any()
+    assert torch.equal(predict(inside), want) and want.any()

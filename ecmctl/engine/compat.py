@@ -14,6 +14,9 @@ Fixes:
   * mmdet's full-size configs start from ``torchvision://resnet50``; mmengine imports torchvision just to
     look up its URL, and torchvision is not installed (PyPI's build does not load beside the CPU torch):
     without torchvision the URL comes from mmengine's own shipped table.
+  * mmdet 3.3's ``_do_paste_mask`` (FCNMaskHead, CPU path) raises "upper bound and lower bound inconsistent
+    with step sign" when every box of a chunk lies outside the image (a diverged or freshly initialised
+    model, e.g. QueryInst): such a chunk pastes nothing (`_paste_mask_within_image`).
 Not needed here: mmdet's LVISMetric scores a subset of images against all of them (it sets ``params.imgIds``,
 which lvis-api never reads) and its CocoMetric wants ``iscrowd`` on LVIS annotations; ecmctl evaluates with
 its own ``ecmctl.StreamingLVISMetric`` (ecmctl.evaluation), which has neither problem.
@@ -148,6 +151,34 @@ def _resolve_torchvision_urls() -> None:
 _ORIGINAL_TORCHVISION_MODELS = None
 
 
+# --- d. mmdet 3.3 mask pasting of boxes outside the image ------------------------------------------------
+
+
+def _paste_mask_within_image(masks, boxes, img_h, img_w, skip_empty=True):
+    """mmdet's `_do_paste_mask`, except that a chunk whose boxes all lie outside the image (an empty paste window)
+    pastes an empty region instead of raising in torch.arange."""
+    if skip_empty and len(boxes):
+        x0 = max(int(boxes[:, 0].min().floor()) - 1, 0)
+        y0 = max(int(boxes[:, 1].min().floor()) - 1, 0)
+        x1 = min(int(boxes[:, 2].max().ceil()) + 1, int(img_w))
+        y1 = min(int(boxes[:, 3].max().ceil()) + 1, int(img_h))
+        if x1 <= x0 or y1 <= y0:
+            return masks.new_zeros((masks.shape[0], 0, 0)), (slice(0, 0), slice(0, 0))
+    return _ORIGINAL_PASTE_MASK(masks, boxes, img_h, img_w, skip_empty)
+
+
+def _fix_paste_mask_outside_image() -> None:
+    global _ORIGINAL_PASTE_MASK
+    from mmdet.models.roi_heads.mask_heads import fcn_mask_head
+
+    if fcn_mask_head._do_paste_mask is not _paste_mask_within_image:
+        _ORIGINAL_PASTE_MASK = fcn_mask_head._do_paste_mask
+        fcn_mask_head._do_paste_mask = _paste_mask_within_image
+
+
+_ORIGINAL_PASTE_MASK = None
+
+
 # --- all of them ----------------------------------------------------------------------------------------
 
 
@@ -156,6 +187,7 @@ def apply() -> None:
     _fix_lvis_np_float()  # lvis 0.5.3 LVISEval.accumulate uses np.float, gone since numpy 1.24
     _allow_mmengine_checkpoint_globals()  # torch>=2.6 weights_only load rejects mmengine's HistoryBuffer
     _resolve_torchvision_urls()  # mmdet's R50 configs init from torchvision://, which imports torchvision
+    _fix_paste_mask_outside_image()  # mmdet's CPU mask pasting raises when every box is outside the image
 
 
 apply()
