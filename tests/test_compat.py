@@ -318,3 +318,28 @@ def test_mask_head_pastes_boxes_outside_the_image():
         want = predict(inside)
     assert not predict(outside).any()
     assert torch.equal(predict(inside), want) and want.any()
+
+
+# --- e. mmcv's MaskedConv2d on the CPU --------------------------------------------------------------------
+
+
+def test_masked_conv_runs_on_the_cpu():
+    """Without the fix mmcv has no CPU kernel; with it, each masked position is the convolution of its own
+    patch (computed here patch by patch with unfold) and every other position is 0."""
+    import torch.nn.functional as F
+    from mmcv.ops import MaskedConv2d
+
+    torch.manual_seed(0)
+    conv = MaskedConv2d(3, 4, 3, padding=1).eval()
+    x = torch.randn(1, 3, 6, 7)
+    mask = (torch.rand(1, 6, 7) > 0.5).float()
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(MaskedConv2d, "forward", compat._ORIGINAL_MASKED_CONV_FORWARD)  # the fix undone
+        with pytest.raises(RuntimeError, match="not found"):
+            conv(x, mask)
+    with torch.no_grad():
+        out = conv(x, mask)
+        patches = F.unfold(x, 3, padding=1)[0]  # (3*3*3, 6*7)
+        ref = (conv.weight.view(4, -1) @ patches + conv.bias[:, None]).view(4, 6, 7) * mask
+    torch.testing.assert_close(out[0], ref)
+    assert torch.equal(conv(x), F.conv2d(x, conv.weight, conv.bias, padding=1))  # no mask: plain conv

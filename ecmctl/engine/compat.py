@@ -17,6 +17,8 @@ Fixes:
   * mmdet 3.3's ``_do_paste_mask`` (FCNMaskHead, CPU path) raises "upper bound and lower bound inconsistent
     with step sign" when every box of a chunk lies outside the image (a diverged or freshly initialised
     model, e.g. QueryInst): such a chunk pastes nothing (`_paste_mask_within_image`).
+  * mmcv 2.1's ``MaskedConv2d`` (Guided Anchoring's test-time head) has no CPU kernel: on the CPU it computes
+    what mmcv's own NPU path computes, the full convolution zeroed outside the mask (`_masked_conv_on_cpu`).
 Not needed here: mmdet's LVISMetric scores a subset of images against all of them (it sets ``params.imgIds``,
 which lvis-api never reads) and its CocoMetric wants ``iscrowd`` on LVIS annotations; ecmctl evaluates with
 its own ``ecmctl.StreamingLVISMetric`` (ecmctl.evaluation), which has neither problem.
@@ -179,6 +181,31 @@ def _fix_paste_mask_outside_image() -> None:
 _ORIGINAL_PASTE_MASK = None
 
 
+# --- e. mmcv 2.1 MaskedConv2d on the CPU ---------------------------------------------------------------
+
+
+def _masked_conv_on_cpu(self, input, mask=None):
+    """mmcv's MaskedConv2d.forward; on the CPU (no kernel there) the convolution at the masked positions and
+    zero elsewhere, bias included, as mmcv's CUDA kernel and NPU path give."""
+    if mask is None or input.device.type != "cpu":
+        return _ORIGINAL_MASKED_CONV_FORWARD(self, input, mask)
+    out = torch.nn.functional.conv2d(input, self.weight, self.bias, self.stride, self.padding, self.dilation,
+                                     self.groups)
+    return out * (mask > 0).to(out.dtype).unsqueeze(1)
+
+
+def _fix_masked_conv_on_cpu() -> None:
+    global _ORIGINAL_MASKED_CONV_FORWARD
+    from mmcv.ops.masked_conv import MaskedConv2d
+
+    if MaskedConv2d.forward is not _masked_conv_on_cpu:
+        _ORIGINAL_MASKED_CONV_FORWARD = MaskedConv2d.forward
+        MaskedConv2d.forward = _masked_conv_on_cpu
+
+
+_ORIGINAL_MASKED_CONV_FORWARD = None
+
+
 # --- all of them ----------------------------------------------------------------------------------------
 
 
@@ -188,6 +215,7 @@ def apply() -> None:
     _allow_mmengine_checkpoint_globals()  # torch>=2.6 weights_only load rejects mmengine's HistoryBuffer
     _resolve_torchvision_urls()  # mmdet's R50 configs init from torchvision://, which imports torchvision
     _fix_paste_mask_outside_image()  # mmdet's CPU mask pasting raises when every box is outside the image
+    _fix_masked_conv_on_cpu()  # mmcv's MaskedConv2d (Guided Anchoring at test) has no CPU kernel
 
 
 apply()
