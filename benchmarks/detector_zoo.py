@@ -125,7 +125,7 @@ def classification(config: str) -> str:
 
 def last_line(text: str) -> str:
     lines = [ln.strip() for ln in text.strip().splitlines() if ln.strip()]
-    return lines[-1][:300] if lines else ""
+    return lines[-1].removeprefix("error: ")[:300] if lines else ""
 
 
 def run_family(family: str, root: Path, data_root: Path, timeout: int) -> dict:
@@ -169,6 +169,19 @@ def _run_family(family: str, root: Path, data_root: Path, timeout: int) -> dict:
     return {**row, "status": "evaluated", "reason": "", "AP": ap, "segm": "segm" in doc, "seconds": seconds}
 
 
+def markdown(rows: list[dict]) -> str:
+    """The table as README markdown."""
+    out = ["| family (config) | classification -> ECM form | result | s |", "|---|---|---|---:|"]
+    for r in rows:
+        size = f", {r['image_size']} px" if r["image_size"] != 96 else ""
+        result = {"evaluated": "trained, evaluated" + (" (box + mask)" if r.get("segm") else ""),
+                  "trained": f"trained; eval failed: {r['reason']}", "refused": f"refused: {r['reason']}",
+                  "failed": f"failed: {r['reason']}"}[r["status"]]
+        cell = r["classification"].replace("|", "\\|")
+        out.append(f"| {r['family']} (`{r['config'].split('/')[-1]}`{size}) | {cell} | {result} | {r['seconds']:.0f} |")
+    return "\n".join(out) + "\n"
+
+
 def prepare_data(data_root: Path, run_root: Path) -> None:
     """The tiny set and its counts, made once before families run side by side (they share both)."""
     from ecmctl.core.config import compose
@@ -202,6 +215,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--jobs", type=int, default=1, help="families run at once")
     ap.add_argument("--timeout", type=int, default=900, help="seconds per train or eval process")
     ap.add_argument("--out", default=None, help="write the rows as JSON here")
+    ap.add_argument("--markdown", default=None, help="write the table as markdown here")
     ap.add_argument("--keep", default=None, help="run directories here (default: a temporary directory)")
     ap.add_argument("--reuse", action="store_true", help="with --keep: keep the rows of families already "
                     "evaluated or refused there")
@@ -231,6 +245,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"wall time {time.monotonic() - t0:.0f} s")
     if args.out:
         Path(args.out).write_text(json.dumps(rows, indent=1))
+    if args.markdown:
+        Path(args.markdown).write_text(markdown(rows))
     return 0
 
 

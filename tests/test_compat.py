@@ -277,6 +277,15 @@ def test_metric_without_any_detection_reports_zero(gt_file):
     assert {f"lvis/bbox_{k}" for k in ("AP", "AP50", "AP75", "APs", "APm", "APl", "APr", "APc", "APf")} <= set(res)
 
 
+def test_metric_takes_an_empty_float_label_tensor(gt_file, tmp_path):
+    """SOLO returns its empty result with float labels; the metric (and its kept detections) index with them."""
+    samples = _samples([1], {1: []})
+    samples[0]["pred_instances"]["labels"] = torch.zeros(0)  # float32, as SOLO's empty result
+    metric = _streaming(gt_file)
+    metric.shard_dir = str(tmp_path / "shards")
+    assert _evaluate(metric, samples)["lvis/bbox_AP"] == 0.0
+
+
 def test_torchvision_checkpoint_urls_resolve_without_torchvision():
     """mmdet's R50 configs start from torchvision://resnet50; torchvision is not part of this stack."""
     import importlib.util

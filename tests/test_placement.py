@@ -111,6 +111,18 @@ def test_ecm_form_keeps_the_sites_own_arguments():
     assert sabl["roi_head"]["bbox_head"]["type"] == "ECMSABLHead"
 
 
+def test_no_object_class_weights_follow_the_class_count():
+    """Mask2Former's own loss weighs 80 classes 1.0 and no-object 0.1: with 5 classes (the calibration run
+    trains with the config's own loss) it weighs 5 classes 1.0 and no-object 0.1."""
+    model = model_of("mask2former/mask2former_r50_8xb2-lsj-50e_coco.py")
+    apply_loss(model, {"type": "native"}, 5)
+    assert model["panoptic_head"]["loss_cls"]["class_weight"] == [1.0] * 5 + [0.1]
+    odd = {"type": "X", "bbox_head": {"type": "DETRHead", "num_classes": 3, "loss_cls": {
+        "type": "CrossEntropyLoss", "use_sigmoid": False, "class_weight": [1.0, 2.0, 1.0, 0.1]}}}
+    with pytest.raises(UserError, match="weighs the config's 3 classes differently"):
+        apply_loss(odd, {"type": "native"}, 5)
+
+
 def test_weights_files_one_per_background_stage_then_foreground():
     assert weights_file_names(0, True) == ["weights.json"]
     assert weights_file_names(1) == ["weights.json"]
@@ -227,3 +239,17 @@ def test_sabl_scores_with_its_loss_not_softmax(tmp_path):
         res = head._predict_by_feat_single(rois, cls_score, bbox_pred, {"img_shape": (100, 100)}, rcnn_test_cfg=None)
     torch.testing.assert_close(res.scores, head.loss_cls.get_activation(cls_score))
     assert not torch.allclose(res.scores, torch.softmax(cls_score, dim=1))
+
+
+def test_checkpoint_check_accepts_a_module_saved_under_two_names():
+    """DDQ-DETR registers its head's aux_reg_branches under the decoder too during training, so its checkpoint
+    holds them twice; a tensor under another name with other values is still refused."""
+    import torch
+
+    from ecmctl.engine.checkpoints import _alias
+
+    w = torch.randn(3, 2)
+    model = {"bbox_head.aux.0.weight": w}
+    assert _alias("decoder.aux.0.weight", {"bbox_head.aux.0.weight": w, "decoder.aux.0.weight": w.clone()}, model)
+    assert not _alias("decoder.aux.0.weight", {"bbox_head.aux.0.weight": w, "decoder.aux.0.weight": w + 1}, model)
+    assert not _alias("decoder.other.weight", {"bbox_head.aux.0.weight": w, "decoder.other.weight": w}, model)

@@ -117,6 +117,20 @@ def build_model_cpu(mm):
     return MODELS.build(mm.model)
 
 
+def _alias(key: str, state: dict, model: dict) -> bool:
+    """Whether checkpoint tensor `key` is a second name of one the model has: a module a detector registers
+    again under another parent during training (DDQ-DETR's `decoder.aux_reg_branches` is its head's
+    `aux_reg_branches`), saved twice with the same values."""
+    parts = key.split(".")
+    for i in range(1, len(parts)):
+        suffix = ".".join(parts[i:])
+        for other in model:
+            if other != key and other.endswith("." + suffix) and other in state and \
+                    state[other].shape == state[key].shape and bool((state[other] == state[key]).all()):
+                return True
+    return False
+
+
 def check_checkpoint(mm, path: str | os.PathLike) -> None:
     """Refuse, before evaluation starts, a checkpoint that does not fit the run's model: every tensor of the
     model must be in the checkpoint with the same shape, and nothing else (strict), so that another model's
@@ -132,7 +146,7 @@ def check_checkpoint(mm, path: str | os.PathLike) -> None:
                             f"checkpoint but {tuple(tensor.shape)} in the model (another class count or "
                             "detector?); pass a checkpoint of this run")
     missing = [k for k in model if k not in state]
-    extra = [k for k in state if k not in model]
+    extra = [k for k in state if k not in model and not _alias(k, state, model)]
     if missing or extra:
         what = (f"lacks {len(missing)} of the model's tensors (e.g. {missing[0]})" if missing else
                 f"has {len(extra)} tensors this run's model does not (e.g. {extra[0]})")

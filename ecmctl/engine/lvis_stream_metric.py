@@ -66,7 +66,7 @@ class StreamingLVISMetric(BaseMetric):
             img_id = int(sample["img_id"])
             boxes = pred["bboxes"].cpu().numpy()
             scores = pred["scores"].cpu().numpy()
-            labels = pred["labels"].cpu().numpy()
+            labels = pred["labels"].cpu().numpy().astype(np.int64)  # SOLO's empty result is a float tensor
             rles = None
             if "segm" in self.metrics or (self.shard_dir and "masks" in pred):
                 masks = pred["masks"].detach().cpu().numpy()

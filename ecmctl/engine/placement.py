@@ -279,11 +279,24 @@ def set_num_classes(model: MutableMapping, num_classes: int) -> None:
         if "num_classes" in node and isinstance(node.get("num_classes"), int) and not (
                 path and path[-1] in SEMANTIC_KEYS):
             node["num_classes"] = num_classes
+        weights = node.get("class_weight")
+        if isinstance(weights, list) and len(weights) > 1 and len(weights) != num_classes + 1:
+            node["class_weight"] = resized_class_weight(weights, num_classes, path)
         if "num_things_classes" in node:
             node["num_things_classes"] = num_classes
             node["num_stuff_classes"] = 0
         if path and path[-1] == "test_cfg" and "panoptic_on" in node:
             node.update(panoptic_on=False, semantic_on=False, instance_on=True)
+
+
+def resized_class_weight(weights: list, num_classes: int, path: tuple) -> list:
+    """A softmax loss's per-class weights (C + 1, no-object last: DETR, MaskFormer's `[1.0] * 133 + [0.1]`) for
+    another class count: the classes' common weight, then the no-object weight. Refused when the classes'
+    weights differ (they belong to the config's own classes)."""
+    if len(set(weights[:-1])) != 1:
+        raise UserError(f"{'.'.join(map(str, path))}.class_weight weighs the config's {len(weights) - 1} classes "
+                        f"differently; it cannot be carried over to {num_classes} classes: set it for them")
+    return [weights[0]] * num_classes + [weights[-1]]
 
 
 def drop_semantic_branch(model: MutableMapping) -> list[str]:
