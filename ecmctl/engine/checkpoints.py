@@ -122,7 +122,7 @@ def _alias(key: str, state: dict, model: dict) -> bool:
     again under another parent during training (DDQ-DETR's `decoder.aux_reg_branches` is its head's
     `aux_reg_branches`), saved twice with the same values."""
     parts = key.split(".")
-    for i in range(1, len(parts)):
+    for i in range(1, len(parts) - 1):  # a module path and the parameter's name, at least
         suffix = ".".join(parts[i:])
         for other in model:
             if other != key and other.endswith("." + suffix) and other in state and \
