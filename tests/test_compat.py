@@ -308,8 +308,10 @@ def test_mask_head_pastes_boxes_outside_the_image():
     """A chunk whose boxes all lie right of the image: mmdet raises in torch.arange; with the fix nothing is
     pasted, and a box inside the image is still pasted as mmdet pastes it."""
     from mmdet.models.roi_heads.mask_heads import FCNMaskHead, fcn_mask_head
+    from mmdet.utils import register_all_modules
     from mmengine.config import ConfigDict
 
+    register_all_modules()  # the head builds its loss from mmdet's registry
     head = FCNMaskHead(num_convs=0, in_channels=4, conv_out_channels=4, num_classes=2).eval()
     masks = torch.rand(2, 2, 28, 28)
     outside = torch.tensor([[120.0, 10.0, 140.0, 30.0], [130.0, 5.0, 150.0, 25.0]])
