@@ -178,6 +178,8 @@ def test_mmdet_route_with_the_users_own_config(tmp_path, monkeypatch):
     assert mm.test_evaluator["metric"] == ["bbox"]
     named = compose(["detector=mmdet", f"detector.mmdet_config={own}", "detector.name=mine"])
     assert named.name.startswith("mine-")
+    with pytest.raises(UserError, match="detector=mmdet needs detector.mmdet_config=PATH"):
+        compose(["detector=mmdet"])
     with pytest.raises(UserError, match="neither a file"):
         base_config(compose(["detector=mmdet", "detector.mmdet_config=nope/nope.py"]))
     bad = tmp_path / "broken.py"

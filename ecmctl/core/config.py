@@ -83,6 +83,9 @@ def compose(overrides: list[str] | tuple[str, ...] = ()) -> DictConfig:
         raise UserError(_explain(overrides, e)) from None
     finally:
         GlobalHydra.instance().clear()
+    if OmegaConf.is_missing(cfg.detector, "mmdet_config"):
+        raise UserError("detector=mmdet needs detector.mmdet_config=PATH: one of mmdet's shipped configs (e.g. "
+                        "rtmdet/rtmdet_s_8xb32-300e_coco.py) or your own .py file")
     try:
         OmegaConf.resolve(cfg)
     except Exception as e:
