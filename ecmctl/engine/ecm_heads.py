@@ -106,9 +106,8 @@ def _with_class_weight(loss_cls) -> ConfigDict:
     return loss_cls
 
 
-@MODELS.register_module()
-class ECMMaskFormerHead(MaskFormerHead):
-    """MaskFormerHead with ECMNoObjectLoss: the loss normalised by the number of queries (all-ones
+class _QueryClassWeight:
+    """MaskFormer-style heads with ECMNoObjectLoss: the loss normalised by the number of queries (all-ones
     ``class_weight`` from the loss module instead of the config's hand-set no-object weight)."""
 
     def __init__(self, *args, loss_cls, **kwargs) -> None:
@@ -118,14 +117,13 @@ class ECMMaskFormerHead(MaskFormerHead):
 
 
 @MODELS.register_module()
-class ECMMask2FormerHead(Mask2FormerHead):
-    """Mask2FormerHead with ECMNoObjectLoss: the loss normalised by the number of queries (all-ones
-    ``class_weight`` from the loss module instead of the config's hand-set no-object weight)."""
+class ECMMaskFormerHead(_QueryClassWeight, MaskFormerHead):
+    """MaskFormerHead with ECMNoObjectLoss (see `_QueryClassWeight`)."""
 
-    def __init__(self, *args, loss_cls, **kwargs) -> None:
-        super().__init__(*args, loss_cls=_with_class_weight(loss_cls), **kwargs)
-        _check_no_object_loss(self)
-        self.class_weight = list(self.loss_cls.class_weight)
+
+@MODELS.register_module()
+class ECMMask2FormerHead(_QueryClassWeight, Mask2FormerHead):
+    """Mask2FormerHead with ECMNoObjectLoss (see `_QueryClassWeight`)."""
 
 
 @MODELS.register_module()

@@ -48,6 +48,21 @@ def ecm_focal_loss(pred: Tensor, target: Tensor, bias: Tensor, det_weight: Tenso
     return bce * focal_weight * det_weight
 
 
+def check_foreground_channels(loss: nn.Module, found: int) -> None:
+    """A dense head's class outputs against a foreground-only weights file (ECMFocalLoss, ECMGHMC): one line
+    saying whether use_sigmoid=True is missing or the weights file is another dataset's."""
+    if found == loss.num_classes:
+        return
+    if found == loss.num_classes + 1:
+        fix = ("the head has one output per class plus background, i.e. it was built without "
+               "use_sigmoid=True: add use_sigmoid=True to loss_cls in the config")
+    else:
+        fix = ("regenerate the weights file from the counts of this model's training set "
+               f"(`ecmctl weights COUNTS`) or set the head's num_classes to {loss.num_classes}")
+    raise UserError(f"{loss.weights_file}: the weights file has {loss.num_classes} foreground classes, "
+                    f"but the dense head predicts {found} classes; {fix}")
+
+
 @MODELS.register_module()
 class ECMFocalLoss(nn.Module):
     """ECM focal loss for mmdet dense heads (RetinaHead, FCOSHead, ATSSHead); a drop-in for FocalLoss.
@@ -99,16 +114,7 @@ class ECMFocalLoss(nn.Module):
                 f"activated={self.activated}")
 
     def _check_channels(self, found: int) -> None:
-        if found == self.num_classes:
-            return
-        if found == self.num_classes + 1:
-            fix = ("the head has one output per class plus background, i.e. it was built without "
-                   "use_sigmoid=True: add use_sigmoid=True to loss_cls in the config")
-        else:
-            fix = ("regenerate the weights file from the counts of this model's training set "
-                   f"(`ecmctl weights COUNTS`) or set the head's num_classes to {self.num_classes}")
-        raise UserError(f"{self.weights_file}: the weights file has {self.num_classes} foreground classes, "
-                        f"but the dense head predicts {found} classes; {fix}")
+        check_foreground_channels(self, found)
 
     def forward(self, pred: Tensor, target: Tensor, weight: Tensor | None = None,
                 avg_factor: float | None = None, reduction_override: str | None = None) -> Tensor:

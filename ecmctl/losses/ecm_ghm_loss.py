@@ -25,6 +25,7 @@ from mmdet.registry import MODELS
 from torch import Tensor
 
 from ecmctl.core.errors import UserError
+from ecmctl.losses.ecm_focal_loss import check_foreground_channels
 from ecmctl.losses.ecm_loss import attach_class_weights, autocast_off, full_precision
 
 
@@ -67,16 +68,7 @@ class ECMGHMC(GHMC):
                 f"momentum={self.momentum}, loss_weight={self.loss_weight}, reduction={self.reduction!r}")
 
     def _check_channels(self, found: int) -> None:
-        if found == self.num_classes:
-            return
-        if found == self.num_classes + 1:
-            fix = ("the head has one output per class plus background, i.e. it was built without "
-                   "use_sigmoid=True: add use_sigmoid=True to loss_cls in the config")
-        else:
-            fix = ("regenerate the weights file from the counts of this model's training set "
-                   f"(`ecmctl weights COUNTS`) or set the head's num_classes to {self.num_classes}")
-        raise UserError(f"{self.weights_file}: the weights file has {self.num_classes} foreground classes, "
-                        f"but the dense head predicts {found} classes; {fix}")
+        check_foreground_channels(self, found)
 
     def forward(self, pred: Tensor, target: Tensor, label_weight: Tensor, reduction_override: str | None = None,
                 **kwargs) -> Tensor:
