@@ -78,9 +78,12 @@ def test_resume_after_sigkill_finishes_same_iterations(overrides, tmp_path):
     proc = subprocess.Popen([sys.executable, "-m", "ecmctl.cli", "train", *job], env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     runs_root = Path(overrides[1].split("=", 1)[1]) / "killed"
+    # kill once a checkpoint is complete (mmengine writes `last_checkpoint` after it); it keeps only the last
+    # two checkpoints, so a fixed name like iter_4.pth can be gone before a poll sees it
     deadline = time.time() + 240
-    while time.time() < deadline and not list(runs_root.glob("*/iter_4.pth")):
-        time.sleep(0.5)
+    while time.time() < deadline and proc.poll() is None and not list(runs_root.glob("*/last_checkpoint")):
+        time.sleep(0.05)
+    assert proc.poll() is None, "the run ended before its first checkpoint was seen"
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     (run_dir,) = list(runs_root.iterdir())
