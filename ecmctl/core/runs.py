@@ -88,6 +88,21 @@ class RunDir:
         os.write(fd, str(os.getpid()).encode())
         self._lock_fd = fd
 
+    def held_elsewhere(self) -> bool:
+        """True while another process holds this run's lock: flock is released by the kernel when its holder
+        dies, so a `running` run nobody holds is dead (how `status` reconciles local and torchrun runs)."""
+        try:
+            fd = os.open(self.path / ".lock", os.O_RDWR)
+        except FileNotFoundError:
+            return False
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        finally:
+            os.close(fd)  # closing releases a lock taken here
+        return False
+
     def unlock(self) -> None:
         if self._lock_fd is not None:
             os.close(self._lock_fd)
