@@ -325,6 +325,8 @@ def _check_ranges(node: Any, path: str = "") -> None:
         if is_dataclass(value):
             _check_ranges(value, key + ".")
             continue
+        for item in value if isinstance(value, list) else [value]:
+            _check_int(key, item)
         meta = f.metadata
         if not meta or value is None:
             continue
@@ -334,6 +336,16 @@ def _check_ranges(node: Any, path: str = "") -> None:
         items = list(value) if meta.get("each") else [value]
         for item in items:
             _check_value(key, value, item, meta)
+
+
+# the largest integer a config key may hold: every integer reaches mmengine, torch or numpy, which take C ints
+# (a 20-digit max_iters was an OverflowError after 30 s of preparation)
+MAX_INT = 2**31 - 1
+
+
+def _check_int(key: str, v: Any) -> None:
+    if isinstance(v, int) and not isinstance(v, bool) and not -MAX_INT <= v <= MAX_INT:
+        raise UserError(f"config key {key!r} = {v}: too large; must be between {-MAX_INT} and {MAX_INT}")
 
 
 def _check_value(key: str, whole: Any, v: Any, meta: dict) -> None:
@@ -374,6 +386,15 @@ def validate(cfg: DictConfig) -> DictConfig:
     return with_launcher
 
 
+def _check_name(name: str) -> None:
+    """`name` is a directory under run_root: an absolute path (e.g. from `${oc.env:HOME}`) or `..` would put the
+    run elsewhere without a word; a run meant to live elsewhere is given as run_dir."""
+    parts = str(name).replace("\\", "/").split("/")
+    if not str(name).strip() or str(name).startswith(("/", "~")) or ".." in parts:
+        raise UserError(f"config key 'name' = {_fmt(name)}: must be a name under run_root (no absolute path, no "
+                        "'..'); to train into another directory, set run_dir=PATH")
+
+
 def _check_cross(c: RootConf) -> None:
     """Rules that tie several keys together."""
     s = c.schedule
@@ -394,6 +415,7 @@ def _check_cross(c: RootConf) -> None:
     for key in ("data_root", "run_root"):
         if not str(getattr(c, key)).strip():
             raise UserError(f"config key {key!r} is empty; give a directory (relative to the current one)")
+    _check_name(c.name)
     if c.calibrate.min_iters > c.calibrate.max_iters:
         raise UserError(f"config key 'calibrate.min_iters' = {c.calibrate.min_iters}: must be <= "
                         f"calibrate.max_iters ({c.calibrate.max_iters})")
