@@ -84,9 +84,10 @@ ids = st.integers(-(10**6), 10**17)
 @st.composite
 def annotation_files(draw) -> dict:
     cat_ids = draw(st.lists(ids, min_size=1, max_size=5, unique=True))
+    names = draw(st.lists(texts, min_size=len(cat_ids), max_size=len(cat_ids), unique=True))  # unique (issue 20)
     cats = []
-    for cid in cat_ids:
-        c = {"id": cid, "name": draw(texts)}
+    for cid, name in zip(cat_ids, names):
+        c = {"id": cid, "name": name}
         if draw(st.booleans()):
             c["frequency"] = draw(st.sampled_from("rcf"))
         if draw(st.booleans()):
@@ -97,8 +98,9 @@ def annotation_files(draw) -> dict:
     images = [{"id": i, "file_name": draw(texts), "height": 480,
                "neg_category_ids": draw(st.lists(ids, max_size=2))} for i in img_ids]
     anns = []
-    for k in range(draw(st.integers(0, 12)) if img_ids else 0):
-        a = {"id": draw(ids), "category_id": draw(st.sampled_from(cat_ids)),
+    ann_ids = draw(st.lists(ids, max_size=12, unique=True)) if img_ids else []  # unique (issue 20)
+    for ann_id in ann_ids:
+        a = {"id": ann_id, "category_id": draw(st.sampled_from(cat_ids)),
              "image_id": draw(st.sampled_from(img_ids))}
         if draw(st.booleans()) and abs(a["category_id"]) < 2**53:
             a["category_id"] = float(a["category_id"])  # 5.0 is the same id to json.load-based counting
@@ -120,7 +122,6 @@ def annotation_files(draw) -> dict:
         if "caption" in extras:
             a["caption"] = draw(texts)
         anns.append(a)
-        del k
     doc = {"images": images, "annotations": anns, "categories": cats}
     if draw(st.booleans()):
         doc["info"] = {"description": draw(texts), "version": "1.0", "category_id": 3}

@@ -174,6 +174,10 @@ def _categories(path: str, cats: list[_Category]) -> tuple[np.ndarray, list[str]
     if np.any(sorted_ids[1:] == sorted_ids[:-1]):
         dup = int(sorted_ids[np.flatnonzero(sorted_ids[1:] == sorted_ids[:-1])[0]])
         raise UserError(f"{path}: category id {dup} appears twice in 'categories'; ids must be unique")
+    names = [c.name for c in cats]
+    if len(set(names)) != len(names):  # per-class results are keyed by name: one class would hide another
+        dup_name = next(n for i, n in enumerate(names) if n in names[:i])
+        raise UserError(f"{path}: category name {dup_name!r} appears twice in 'categories'; names must be unique")
     freq = []
     for c in (cats[i] for i in order):
         if c.frequency not in FREQ_LABELS:
@@ -217,6 +221,10 @@ def _index(path: str, doc: _Doc | _DocSegm, with_segm: bool) -> GroundTruth:
 
     anns = doc.annotations
     n = len(anns)
+    ann_ids = np.sort(np.fromiter((a.id for a in anns), np.int64, n))
+    if np.any(ann_ids[1:] == ann_ids[:-1]):  # lvis-api keys annotations by id: a duplicate silently replaces one
+        dup = int(ann_ids[np.flatnonzero(ann_ids[1:] == ann_ids[:-1])[0]])
+        raise UserError(f"{path}: annotation id {dup} appears twice in 'annotations'; ids must be unique")
     a_img, img_ok = sorted_lookup(img_ids, np.fromiter((a.image_id for a in anns), np.int64, n))
     a_cat, cat_ok = sorted_lookup(cat_ids, np.fromiter((a.category_id for a in anns), np.int64, n))
     missing_area = next((i for i, a in enumerate(anns) if a.area is None), None)

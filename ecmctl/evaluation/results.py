@@ -214,6 +214,10 @@ def read_results(path: str | os.PathLike, gt: GroundTruth, iou_type: str,
         boxes = [d.bbox for d in items]
         has_box = _check_boxes(path, boxes, batch.first, has_box, segm)
         box = np.array(boxes, np.float64).reshape(n, 4) if has_box else None
+        if box is not None and (neg := np.flatnonzero((box[:, 2] < 0) | (box[:, 3] < 0))).size:
+            i = int(neg[0])
+            raise UserError(f"{path}: element #{batch.first + i} has a box of negative width or height "
+                            f"({box[i].tolist()}); boxes are [x, y, width, height]")
         rles = _rles(path, gt, items, img, batch.first) if segm else None
         yield DetBatch(img, cat, score, idx, box, rles)
 
