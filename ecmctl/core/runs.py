@@ -162,11 +162,17 @@ class RunDir:
 
     def last_checkpoint(self) -> Path | None:
         """This run's newest checkpoint, looked up inside this directory only (mmengine's last_checkpoint
-        marker holds an absolute path, which in a copied run points at the original)."""
+        marker holds an absolute path, which in a copied run points at the original). Only files named
+        iter_N.pth count (a stray iter_60.bak.pth is ignored); in a run with a checkpoint record, only the
+        recorded ones whose size matches (a file cut off while it was saved is never the last one)."""
+        from ecmctl.core.checkpoint_record import checkpoint_iter, intact_size, load_record
+
+        record = load_record(self.path)
         marker = self.path / "last_checkpoint"
         if marker.is_file():
             ckpt = self.path / Path(marker.read_text().strip()).name
-            if ckpt.is_file():
+            if ckpt.is_file() and checkpoint_iter(ckpt) is not None and intact_size(self.path, ckpt, record):
                 return ckpt
-        ckpts = sorted(self.path.glob("iter_*.pth"), key=lambda p: int(p.stem.split("_")[1]))
-        return ckpts[-1] if ckpts else None
+        ckpts = [(n, p) for p in self.path.glob("iter_*.pth") if (n := checkpoint_iter(p)) is not None
+                 and p.is_file() and intact_size(self.path, p, record)]
+        return max(ckpts)[1] if ckpts else None

@@ -13,3 +13,4 @@ METRIC_KEYS = ("AP", "AP50", "AP75", "APs", "APm", "APl", "APr", "APc", "APf")
 GROUP_KEYS = ("AP", "APr", "APc", "APf")
 BACKGROUND = "__background__"  # the name of the appended background class in a weights file
 MAX_BG_RATIO = 1e6  # r is a ratio of sampled RoIs (hundreds at most): beyond this it is a typo
+CHECKPOINTS_SCHEMA = "ecmctl/checkpoints@1"

@@ -85,8 +85,8 @@ def ensure_checkpoint(name: str, say=print, timeout: float = DOWNLOAD_TIMEOUT_S)
 
 def read_state_dict(path: str | os.PathLike) -> dict:
     """The model tensors of a checkpoint file (mmengine's `state_dict`, or a bare state dict), with the
-    `module.` prefix of DDP-wrapped models removed as mmengine does. A missing, truncated or foreign file is
-    one UserError line."""
+    `module.` prefix of DDP-wrapped models removed as mmengine does. A missing, truncated or foreign file, and
+    one with a non-finite tensor (named), is one UserError line."""
     import torch
 
     path = Path(path)
@@ -101,6 +101,10 @@ def read_state_dict(path: str | os.PathLike) -> dict:
     if not isinstance(state, dict) or not state or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise UserError(f"{path}: a PyTorch file without model weights (no 'state_dict' of tensors); pass a "
                         "checkpoint that training wrote")
+    for key, v in state.items():  # bytes damaged on disk can still load: NaN/inf weights give AP 0, no error
+        if v.is_floating_point() and not bool(torch.isfinite(v).all()):
+            raise UserError(f"{path}: tensor {key} holds non-finite values (NaN or inf): the file is damaged, or "
+                            "training diverged; pass another checkpoint")
     return {k[len("module."):] if k.startswith("module.") else k: v for k, v in state.items()}
 
 

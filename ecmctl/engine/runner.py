@@ -201,7 +201,9 @@ def train_run(run_dir: str | Path, resume: bool = False, config: str = MM_CONFIG
         mm.load_from = resume_from(run_dir)
         mm.resume = mm.load_from is not None
     dtype = amp_dtype(mm)
-    runner = _runner_with(mm, launcher, hooks)
+    from ecmctl.engine.hooks import CheckpointRecordHook
+
+    runner = _runner_with(mm, launcher, [*hooks, CheckpointRecordHook()])
     if dtype is not None and runner.rank == 0 and (run_dir / RUN_JSON).is_file():
         from ecmctl.core.runs import RunDir
 
