@@ -356,6 +356,7 @@ def eval_cmd(
     ecmctl eval RUN --reuse-detections --gt val_subset.json -o subset_metrics.json
     """
     from ecmctl.cli.render import metrics_table
+    from ecmctl.core.metrics_identity import val_set_note
     from ecmctl.evaluation.params import IOU_TYPES, PROTOCOLS
     from ecmctl.pipeline.evaluate import evaluate, evaluate_results_file, load_metrics
 
@@ -382,6 +383,8 @@ def eval_cmd(
     docs = [load_metrics(r) if reuse else evaluate(r, checkpoint, overrides or [], _say, reuse_detections, gt, out)
             for r in run_dirs]
     console.print(metrics_table(docs))
+    if note := val_set_note([(str(r), d) for r, d in zip(run_dirs, docs)]):
+        _line(note)
     for r in run_dirs:
         _line(f"read {Path(r) / 'metrics.json'}" if reuse else f"wrote {out or Path(r) / 'metrics.json'}")
 

@@ -22,12 +22,14 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
-def check_output_dir(path: str | os.PathLike) -> Path:
-    """Fail before any work if the output's directory is missing (nothing half-written later)."""
+def check_output_dir(path: str | os.PathLike, option: str | None = None) -> Path:
+    """Fail before any work if the output's directory is missing (nothing half-written later); `option`: the
+    command-line option that named the path, if one did (no message mentions an option the user did not give)."""
     path = Path(path)
     parent = path.parent if str(path.parent) else Path(".")
     if not parent.is_dir():
-        raise UserError(f"{path}: output directory {parent} does not exist; create it or choose another -o path")
+        raise UserError(f"{path}: output directory {parent} does not exist; create it or choose another "
+                        f"{option + ' ' if option else 'output '}path")
     return path
 
 
@@ -94,7 +96,7 @@ def check_output(path: str | os.PathLike, schema: str | None = None, inputs: tup
     one of the command's inputs, a directory, or an existing file that is not an earlier output of the same
     kind (`schema`: its ecmctl tag, or `marker`: how such a file starts; neither: no existing file is
     replaced). Also checks that the directory is writable."""
-    path = check_output_dir(path)
+    path = check_output_dir(path, option)
     if path.is_dir():
         raise UserError(f"{path}: is a directory; pass a file path to {option}")
     for src in inputs:

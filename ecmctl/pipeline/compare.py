@@ -30,11 +30,11 @@ from typing import Any
 from ecmctl.core.config import GROUPS
 from ecmctl.core.errors import UserError
 from ecmctl.core.io import atomic_write_json, check_output, load_schema
+from ecmctl.core.metrics_identity import METRICS_JSON, check_own_metrics
 from ecmctl.core.runs import HYDRA_CONFIG, RUN_JSON
 from ecmctl.core.schemas import COMPARE_SCHEMA, DEMO_SCHEMA, GROUP_KEYS, METRICS_SCHEMA, SWEEP_SCHEMA
 from ecmctl.pipeline import seeds as stats
 
-METRICS_JSON = "metrics.json"  # as ecmctl.pipeline.evaluate writes it (not imported: it pulls in the stack)
 SWEEP_JSON = "sweep.json"
 DEMO_JSON = "demo.json"
 # the metrics compared, in table order, and the metrics.json sections they are read from (those present)
@@ -152,7 +152,7 @@ def load_runs(dirs: list[Path]) -> list[CompareRun]:
         raise UserError(f"no {HYDRA_CONFIG} (the run's resolved config) in: " + ", ".join(map(str, no_config)))
     runs = []
     for d in dirs:
-        metrics = load_schema(d / METRICS_JSON, METRICS_SCHEMA)
+        metrics = check_own_metrics(d, load_schema(d / METRICS_JSON, METRICS_SCHEMA), d / METRICS_JSON)
         try:
             config = yaml.safe_load((d / HYDRA_CONFIG).read_text())
         except (yaml.YAMLError, UnicodeDecodeError) as e:

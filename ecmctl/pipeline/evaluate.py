@@ -4,31 +4,37 @@ Fixed AP / Pooled AP; for a run directory (inference, or its kept detections) or
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import math
+import os
 import shutil
+import tempfile
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
+from ecmctl.core.checkpoint_record import verify_checkpoint
 from ecmctl.core.config_schema import validate
 from ecmctl.core.environment import require_device
 from ecmctl.core.errors import UserError
 from ecmctl.core.io import atomic_write_json, atomic_write_text, check_output, load_schema, make_dirs, sha256_file
+from ecmctl.core.metrics_identity import METRICS_JSON, METRICS_PREV_JSON, check_not_run_metrics, check_own_metrics
 from ecmctl.core.runs import HYDRA_CONFIG, MM_CONFIG, RunDir, now
-from ecmctl.core.schemas import METRICS_SCHEMA
+from ecmctl.core.schemas import COUNTS_SCHEMA, METRICS_SCHEMA
 from ecmctl.engine.checkpoints import check_checkpoint
 from ecmctl.engine.runner import load_run_config
 from ecmctl.evaluation import evaluate_detections, evaluate_files
 from ecmctl.evaluation.detections import shard_paths
 from ecmctl.evaluation.params import MAX_DETS, PER_CLASS_KEYS, TOPK
 from ecmctl.launch import eval_task, launch
+from ecmctl.pipeline.prepare import check_val_categories
 
-METRICS_JSON = "metrics.json"
-METRICS_PREV_JSON = "metrics.prev.json"  # the metrics.json an evaluation replaced
 EVAL_DIR = "eval"
 EVAL_MM_CONFIG = "eval_mmdet_config.py"
 EVAL_RAW = "raw_metrics.json"
+EVAL_LOCK = ".publish.lock"  # RUN/eval/: held while an evaluation puts its detections and metrics.json in place
 DETECTIONS = "detections"  # RUN/eval/detections/: the raw detections of the last evaluation, per rank
 DETECTIONS_JSON = "detections.json"  # what they are: checkpoint, protocol at inference
 # metrics.json sections: standard AP, then Fixed AP and Pooled AP (Dave et al. 2021) when evaluated; longest first
@@ -75,14 +81,15 @@ def parse_metrics(raw: dict) -> dict:
     return out
 
 
-def eval_mm_config(run: RunDir, checkpoint: Path, cfg: DictConfig, shard_dir: Path | None):
-    """The run's mmdet config set up for testing `checkpoint` with the protocol of `cfg.eval`."""
+def eval_mm_config(run: RunDir, checkpoint: Path, cfg: DictConfig, shard_dir: Path | None, work_dir: Path):
+    """The run's mmdet config set up for testing `checkpoint` with the protocol of `cfg.eval`, writing its logs
+    into `work_dir`."""
     from mmengine.config import Config
 
     from ecmctl.engine.builder import apply_eval_protocol  # mmdet and torch: not for `eval --reuse`, `report`
 
     mm = Config.fromfile(str(run.path / MM_CONFIG))
-    mm.work_dir = str((run.path / EVAL_DIR).resolve())
+    mm.work_dir = str(work_dir.resolve())
     mm.load_from, mm.resume = str(Path(checkpoint).resolve()), False
     apply_eval_protocol(mm, cfg.eval, cfg.dataset.val_ann, bool(cfg.detector.with_mask),
                         str(shard_dir.resolve()) if shard_dir else None)
@@ -93,7 +100,10 @@ def eval_mm_config(run: RunDir, checkpoint: Path, cfg: DictConfig, shard_dir: Pa
     return mm
 
 
-def _checkpoint(run: RunDir, checkpoint: str | Path | None, cfg: DictConfig) -> Path:
+def _checkpoint(run: RunDir, checkpoint: str | Path | None, cfg: DictConfig) -> tuple[Path, str]:
+    """The checkpoint to evaluate and its sha256: one the run wrote, intact (as recorded when it was written),
+    fitting the run's model and finite. Another model's checkpoint is refused: metrics.json describes only the
+    run's own model."""
     ckpt = Path(checkpoint) if checkpoint else (Path(cfg.eval.checkpoint) if cfg.eval.checkpoint
                                                 else run.last_checkpoint())
     if ckpt is None:
@@ -101,7 +111,30 @@ def _checkpoint(run: RunDir, checkpoint: str | Path | None, cfg: DictConfig) -> 
                         "(or resume it) or pass --checkpoint PATH")
     if not ckpt.is_file():
         raise UserError(f"{ckpt}: no such checkpoint")
-    return ckpt
+    own = ckpt.resolve().parent == run.path.resolve()
+    sha = verify_checkpoint(run.path, ckpt) if own else None
+    check_checkpoint(load_run_config(run.path, MM_CONFIG), ckpt)  # strict: shapes and names, before any write
+    if not own:
+        raise UserError(f"{ckpt}: not a checkpoint of {run.path}, whose metrics.json describes only its own model; "
+                        "evaluate it with the run that wrote it")
+    return ckpt, sha
+
+
+def _check_run_writable(run: RunDir) -> None:
+    """A read-only run directory is refused before inference or re-scoring, not after."""
+    try:
+        with tempfile.TemporaryFile(dir=run.path, prefix=".ecmctl-probe-"):
+            pass
+    except OSError as e:
+        raise UserError(f"{run.path}: cannot write into the run directory ({e.strerror}), where metrics.json "
+                        "goes; make it writable first") from None
+
+
+def check_run_val_categories(run: RunDir, val_ann: str | Path) -> None:
+    """The val set against the counts the run trained with (its inputs/counts.json), before any work."""
+    counts = run.input_path("counts")
+    if counts is not None and counts.is_file():
+        check_val_categories(val_ann, load_schema(counts, COUNTS_SCHEMA), counts)
 
 
 def evaluate(run_dir: str | Path, checkpoint: str | Path | None = None, overrides: list[str] = (),
@@ -114,29 +147,64 @@ def evaluate(run_dir: str | Path, checkpoint: str | Path | None = None, override
     if (gt is None) != (out is None) or (gt is not None and not reuse_detections):
         raise UserError("--gt with a run directory re-scores its kept detections: give --reuse-detections, --gt "
                         "and -o (the run's own metrics.json stays for its val set)")
+    if checkpoint is not None and reuse_detections:
+        raise UserError("--reuse-detections re-scores the detections the run kept: it takes no --checkpoint")
+    if out is None:
+        _check_run_writable(run)
     if reuse_detections:
         return _rescore(run, cfg, say, gt, out)
-    ckpt = _checkpoint(run, checkpoint, cfg)
+    check_run_val_categories(run, cfg.dataset.val_ann)
+    ckpt, sha = _checkpoint(run, checkpoint, cfg)
     require_device(cfg.get("device", "auto"))
-    check_checkpoint(load_run_config(run.path, MM_CONFIG), ckpt)  # strict: shapes and names, before any write
     eval_dir = make_dirs(run.path / EVAL_DIR, "evaluation directory")
-    partial = eval_dir / f"{DETECTIONS}.partial" if cfg.eval.keep_detections else None
-    if partial is not None:
-        shutil.rmtree(partial, ignore_errors=True)
-    atomic_write_text(eval_dir / EVAL_MM_CONFIG, eval_mm_config(run, ckpt, cfg, partial).pretty_text)
-    raw_file = eval_dir / EVAL_RAW
-    raw_file.unlink(missing_ok=True)
-    task = eval_task(run.path, config=f"{EVAL_DIR}/{EVAL_MM_CONFIG}", out=f"{EVAL_DIR}/{EVAL_RAW}")
-    launcher = cfg.launcher if cfg.launcher.name == "torchrun" else OmegaConf.create({"name": "local"})
-    launch(task, launcher, say, device=cfg.get("device", "auto"))
-    doc = metrics_document(run, ckpt, cfg, parse_metrics(json.loads(raw_file.read_text())))
-    if partial is not None:  # the detections of this checkpoint replace the previous evaluation's
-        atomic_write_json(partial / DETECTIONS_JSON, {"checkpoint": run.relative(ckpt), "protocol": doc["protocol"],
-                                                      "checkpoint_sha256": doc["checkpoint_sha256"]})
-        shutil.rmtree(eval_dir / DETECTIONS, ignore_errors=True)
-        partial.rename(eval_dir / DETECTIONS)
-    write_metrics(run.path, doc)
+    # this invocation's own scratch directory: two evaluations of one run at once never share a file
+    scratch = Path(tempfile.mkdtemp(prefix=".eval-", dir=eval_dir))
+    try:
+        partial = scratch / DETECTIONS if cfg.eval.keep_detections else None
+        atomic_write_text(scratch / EVAL_MM_CONFIG, eval_mm_config(run, ckpt, cfg, partial, scratch).pretty_text)
+        rel = scratch.relative_to(run.path)
+        task = eval_task(run.path, config=f"{rel}/{EVAL_MM_CONFIG}", out=f"{rel}/{EVAL_RAW}")
+        launcher = cfg.launcher if cfg.launcher.name == "torchrun" else OmegaConf.create({"name": "local"})
+        launch(task, launcher, say, device=cfg.get("device", "auto"))
+        doc = metrics_document(run, ckpt, cfg, parse_metrics(json.loads((scratch / EVAL_RAW).read_text())),
+                               checkpoint_sha256=sha)
+        if partial is not None:
+            atomic_write_json(partial / DETECTIONS_JSON, {"checkpoint": run.relative(ckpt),
+                                                          "protocol": doc["protocol"], "checkpoint_sha256": sha})
+        _publish(run, scratch, doc, partial)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
     return doc
+
+
+@contextlib.contextmanager
+def _publishing(eval_dir: Path):
+    """RUN/eval/'s lock: one evaluation at a time puts its results in place or re-scores the kept detections
+    (none where the run cannot be written: nothing is put in place there)."""
+    try:
+        lock = open(eval_dir / EVAL_LOCK, "a")  # noqa: SIM115 (closed below; opening it may fail alone)
+    except OSError:
+        yield
+        return
+    with lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+
+
+def _publish(run: RunDir, scratch: Path, doc: dict, detections: Path | None) -> None:
+    """Put an evaluation's results in place, under a lock so that the kept detections, the config they were
+    made with and metrics.json all come from the same evaluation (the last to finish), and its logs beside."""
+    eval_dir = scratch.parent
+    with _publishing(eval_dir):
+        if detections is not None:  # the detections of this checkpoint replace the previous evaluation's
+            if (eval_dir / DETECTIONS).exists():
+                os.rename(eval_dir / DETECTIONS, scratch / "replaced-detections")
+            os.rename(detections, eval_dir / DETECTIONS)
+        os.replace(scratch / EVAL_MM_CONFIG, eval_dir / EVAL_MM_CONFIG)
+        for logs in scratch.iterdir():  # mmengine's <timestamp>/ log directory
+            if logs.is_dir() and logs.name != "replaced-detections" and not (eval_dir / logs.name).exists():
+                os.rename(logs, eval_dir / logs.name)
+        write_metrics(run.path, doc)
 
 
 def _rescore(run: RunDir, cfg: DictConfig, say, gt: str | Path | None = None, out: str | Path | None = None) -> dict:
@@ -144,6 +212,14 @@ def _rescore(run: RunDir, cfg: DictConfig, say, gt: str | Path | None = None, ou
     evaluation, scored again (another protocol, or another ground truth such as a subset), without inference."""
     if out is not None:
         out = check_output(out, schema=METRICS_SCHEMA, inputs=(gt, run.path / METRICS_JSON))
+        check_not_run_metrics(out, f"the detections of {run.path} scored against {gt}")
+    if gt is None:
+        check_run_val_categories(run, cfg.dataset.val_ann)
+    with _publishing(run.path / EVAL_DIR):
+        return _rescore_kept(run, cfg, say, gt, out)
+
+
+def _rescore_kept(run: RunDir, cfg: DictConfig, say, gt: str | Path | None, out: Path | None) -> dict:
     det_dir = run.path / EVAL_DIR / DETECTIONS
     info_file = det_dir / DETECTIONS_JSON
     if not info_file.is_file():
@@ -221,6 +297,7 @@ def evaluate_results_file(gt: str | Path, results: str | Path, iou_type: str = "
     detectron2 and mmdet write them), scored without a run directory or a model, as metrics@1."""
     if out is not None:
         out = check_output(out, schema=METRICS_SCHEMA, inputs=(gt, results))
+        check_not_run_metrics(out, f"the results file {results}")
     summary = evaluate_files(gt, results, iou_type, protocol, topk=topk)
     doc = {"schema": METRICS_SCHEMA, "gt": str(gt), "results": str(results), "evaluated": now(),
            "protocol": {"protocol": protocol, "iou_type": iou_type, "max_per_img": MAX_DETS, "topk": topk},
@@ -231,7 +308,8 @@ def evaluate_results_file(gt: str | Path, results: str | Path, iou_type: str = "
 
 
 def load_metrics(run_dir: str | Path) -> dict:
+    """A run's metrics.json, once checked to score the run's own model (never foreign numbers under its name)."""
     path = Path(run_dir) / METRICS_JSON
     if not path.is_file():
         raise UserError(f"{run_dir}: no {METRICS_JSON}; run `ecmctl eval {run_dir}` first")
-    return load_schema(path, METRICS_SCHEMA)
+    return check_own_metrics(run_dir, load_schema(path, METRICS_SCHEMA), path)

@@ -99,8 +99,12 @@ def check_synth(ds: DictConfig) -> None:
                         "(or dataset.root=DIR) to another directory")
 
 
-def counts_path(cfg: DictConfig) -> Path:
-    return Path(cfg.counts_file) if cfg.counts_file else Path(cfg.run_root) / "counts" / f"{cfg.dataset.name}.json"
+def counts_path(cfg: DictConfig, ann_sha: str) -> Path:
+    """The given counts_file, or the shared cache <run_root>/counts/<dataset.name>-<sha256 of the annotations>.json:
+    keyed by content, so jobs on another data_root with the same dataset name never replace each other's."""
+    if cfg.counts_file:
+        return Path(cfg.counts_file)
+    return Path(cfg.run_root) / "counts" / f"{cfg.dataset.name}-{ann_sha[:16]}.json"
 
 
 _SHA_CACHE: dict[tuple, str] = {}
@@ -125,12 +129,14 @@ def ensure_counts(cfg: DictConfig, say: Say = _quiet) -> tuple[Path, dict]:
     """The counts of the dataset's train annotations. A given `counts_file` must exist and have been counted
     from this dataset's train annotations (else UserError, naming both files; `allow_foreign_weights=true`
     accepts counts of another annotation file with the same classes, deliberately). Without one, the
-    cached counts under <run_root>/counts/ are reused when they match, else counted now."""
+    cached counts under <run_root>/counts/ (by the annotations' sha256) are reused when they match, else counted
+    now and written atomically."""
     from ecmctl.dataset.counting import write_counts
 
     ensure_dataset(cfg, say)
-    path, ann = counts_path(cfg), Path(cfg.dataset.train_ann)
+    ann = Path(cfg.dataset.train_ann)
     ann_sha = annotations_sha256(ann)
+    path = counts_path(cfg, ann_sha)
     if cfg.counts_file:  # the user's file: used as given, never (re)written
         if not path.is_file():
             raise UserError(f"counts_file={path}: no such file; make it with `ecmctl count {ann} -o {path}`, or "
@@ -162,6 +168,26 @@ def _fresh_cats(ann: Path) -> dict:
     from ecmctl.dataset.counting import count_annotations
 
     return count_annotations(ann, progress=False)
+
+
+def check_val_categories(val_ann: str | Path, counts: dict, counts_file: str | Path) -> None:
+    """The val set must have the categories of the counts a run trains with (which its classes and weights come
+    from): the same ids and names in the same order. Another order scores the wrong classes with exit 0; a
+    missing one fails only after inference. Also refuses a val file with duplicate ids or names."""
+    from ecmctl.dataset.counting import count_annotations
+
+    trained = _cat_keys(counts)
+    val = _cat_keys(count_annotations(val_ann, progress=False))
+    if val == trained:
+        return
+    if len(val) != len(trained):
+        what = f"{len(val)} categories, but the run's classes are {len(trained)}"
+    else:
+        i = next(i for i, (a, b) in enumerate(zip(val, trained)) if a != b)
+        what = (f"category #{i} is id {val[i][0]} {val[i][1]!r}, but the run's class #{i} is id {trained[i][0]} "
+                f"{trained[i][1]!r} (another order or other names)")
+    raise UserError(f"{val_ann}: {what}, from {counts_file}; use a val set with the training categories, in their "
+                    "order")
 
 
 def foreign_inputs(cfg: DictConfig, counts_file: Path, counts: dict, weights_files: list[str] | None) -> list[dict]:

@@ -34,6 +34,7 @@ from ecmctl.core.io import (
     make_dirs,
     same_file,
 )
+from ecmctl.core.metrics_identity import val_set_note
 from ecmctl.core.runs import RunDir
 from ecmctl.core.schemas import (
     BACKGROUND,
@@ -586,6 +587,8 @@ def write_report(run_dirs: list[Path], out_dir: Path, comparison: dict | None = 
     runs = [load_run(p, i) for i, p in enumerate(run_dirs)]
     _unique_labels(runs)
     notes: list[str] = []
+    if note := val_set_note([(r.label, r.metrics) for r in runs]):
+        notes.append(note)
     if comparison is None:
         comparison, why_not = comparing.for_report(list(run_dirs))
         if why_not:

@@ -10,11 +10,13 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
+from ecmctl.core.checkpoint_record import verify_checkpoint
 from ecmctl.core.config import to_yaml
 from ecmctl.core.environment import device_name, require_device, versions
 from ecmctl.core.errors import UserError, as_interrupt, first_line
 from ecmctl.core.io import atomic_write_text, check_output, check_writable
 from ecmctl.core.runs import HYDRA_CONFIG, MM_CONFIG, RunDir, git_commit, new_run_dir, now
+from ecmctl.dataset.counting import load_counts
 from ecmctl.ecm.weights import EVERY_WEIGHTS_FILE, weights_file_names
 from ecmctl.engine.builder import base_config, build_mm_config, pretrained_checkpoint
 from ecmctl.engine.checkpoints import ensure_checkpoint, read_state_dict
@@ -24,6 +26,7 @@ from ecmctl.pipeline.calibrate import run_calibration
 from ecmctl.pipeline.prepare import (
     Say,
     annotations_sha256,
+    check_val_categories,
     check_weights,
     class_names,
     class_names_without_data,
@@ -197,6 +200,7 @@ def prepare(cfg: DictConfig, overrides: list[str], say: Say = print,
     if plan.pretrained:
         ensure_checkpoint(plan.pretrained, say)
     counts_file, counts = ensure_counts(cfg, say)
+    check_val_categories(cfg.dataset.val_ann, counts, counts_file)
     files = given_weights(cfg, plan, say)
     if files:
         check_run_weights(cfg, plan, files, counts_file, counts)
@@ -214,7 +218,7 @@ def prepare(cfg: DictConfig, overrides: list[str], say: Say = print,
                images_per_iteration=plan.batch.images_per_iteration, amp=bool(cfg.train.amp),
                amp_dtype=str(cfg.train.get("amp_dtype", "auto")) if cfg.train.amp else None)
     try:
-        run.save_input("counts", counts_file, "counts.json")
+        counts_file, counts = run_counts(run, counts_file, counts)
         weights = resolve_weights(cfg, plan, counts_file, counts, run, say, files)
         foreign = foreign_inputs(cfg, counts_file, counts, [str(run.path / w) for w in weights or []])
         mm = build_mm_config(cfg, class_names(counts), run.path.resolve(), weights, lr=plan.batch.lr,
@@ -233,6 +237,17 @@ def prepare(cfg: DictConfig, overrides: list[str], say: Say = print,
     run.update(status="ready", **_bg_ratio_used(run),
                **({"allow_foreign_weights": True, "foreign_inputs": foreign} if foreign else {}))
     return run
+
+
+def run_counts(run: RunDir, counts_file: Path, counts: dict) -> tuple[Path, dict]:
+    """The run's own copy of its counts, used from now on (calibration, weights): the shared cache or the user's
+    file can be replaced by another job meanwhile. A copy that is not the counts checked before is refused."""
+    copy = run.save_input("counts", counts_file, "counts.json")
+    doc, _ = load_counts(copy)
+    if doc.get("source") != counts.get("source") or doc.get("categories") != counts.get("categories"):
+        raise UserError(f"{counts_file}: changed while this run was being prepared (another job wrote it); start "
+                        "the run again")
+    return copy, doc
 
 
 def _bg_ratio_used(run: RunDir) -> dict:
@@ -294,8 +309,9 @@ def resume(run_dir: str | Path, say: Say = print) -> RunDir:
     cfg = OmegaConf.load(run.path / HYDRA_CONFIG)
     require_device(cfg.get("device", "auto"))
     last = run.last_checkpoint()
-    if last is not None:  # a checkpoint cut off by a crash while it was written: one line, not a traceback
+    if last is not None:  # a checkpoint cut off by a crash, or damaged since: one line, not a traceback
         try:
+            verify_checkpoint(run.path, last)
             read_state_dict(last)
         except UserError as e:
             raise UserError(f"{e}; remove {last} to resume from the checkpoint before it") from None
