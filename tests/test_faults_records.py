@@ -77,7 +77,8 @@ def _edited(src: Path, dst: Path, edit) -> Path:
 
 
 @pytest.mark.parametrize("override", ["calibrate.max_iters=99999999999999999999", "train.max_iters=4294967296",
-                                      "seed=99999999999999999999", "launcher.timeout_min=-99999999999"])
+                                      "seed=99999999999999999999", "launcher.timeout_min=-99999999999",
+                                      "dataset.multiscale=[[96,96],[99999999999,96]]"])
 def test_an_integer_beyond_a_c_int_is_one_line_before_any_work(data_root, tmp_path, override):
     key = override.split("=")[0]
     fails(["train", *_base(data_root, tmp_path / "runs"), "loss=bce", override] if key != "launcher.timeout_min"

@@ -325,8 +325,7 @@ def _check_ranges(node: Any, path: str = "") -> None:
         if is_dataclass(value):
             _check_ranges(value, key + ".")
             continue
-        for item in value if isinstance(value, list) else [value]:
-            _check_int(key, item)
+        _check_int(key, value)
         meta = f.metadata
         if not meta or value is None:
             continue
@@ -344,7 +343,11 @@ MAX_INT = 2**31 - 1
 
 
 def _check_int(key: str, v: Any) -> None:
-    if isinstance(v, int) and not isinstance(v, bool) and not -MAX_INT <= v <= MAX_INT:
+    """`v`, or every integer in it (a list, a list of lists such as dataset.multiscale), within +-MAX_INT."""
+    if isinstance(v, list):
+        for item in v:
+            _check_int(key, item)
+    elif isinstance(v, int) and not isinstance(v, bool) and not -MAX_INT <= v <= MAX_INT:
         raise UserError(f"config key {key!r} = {v}: too large; must be between {-MAX_INT} and {MAX_INT}")
 
 
