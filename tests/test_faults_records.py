@@ -1,7 +1,7 @@
 """Issue 20, part A: records a run can trust. Two evaluations of one run at once, damaged checkpoints,
 foreign numbers under a run's name, inputs that disagree with each other, a shared counts cache, unbounded
 integers and run names that leave run_root. Each test is a defect found as a hostile user; one small trained
-run (module fixture) serves the tests that need checkpoints, copied per test."""
+run (module fixture) serves the tests that need checkpoints, copied per test (those are marked slow: they train)."""
 
 from __future__ import annotations
 
@@ -100,6 +100,7 @@ def test_a_run_elsewhere_given_as_run_dir_is_allowed(data_root, tmp_path):
 # ------------------------------------------------------------------------ principle 4: checkpoint integrity
 
 
+@pytest.mark.slow
 def test_training_records_each_checkpoint_sha256(trained):
     record = load_record(trained)
     for name in ("iter_1.pth", "iter_2.pth"):
@@ -130,17 +131,20 @@ def _damage(ckpt: Path) -> None:
     ckpt.write_bytes(bytes(data))
 
 
+@pytest.mark.slow
 def test_random_bytes_in_a_checkpoint_are_refused_by_eval_and_good_metrics_stay(run):
     _damage(run / "iter_2.pth")
     fails(["eval", run], "iter_2.pth", "sha256", "damaged", roots=(run,))
 
 
+@pytest.mark.slow
 def test_random_bytes_in_a_checkpoint_are_refused_by_resume(run):
     RunDir(run).update(status="interrupted")
     _damage(run / "iter_2.pth")
     fails(["train", "--resume", run], "iter_2.pth", "sha256", roots=(run,))
 
 
+@pytest.mark.slow
 def test_a_non_finite_tensor_is_refused_naming_it(run):
     (run / CHECKPOINTS_JSON).unlink()  # a run from before the record: only the weights themselves can tell
     ckpt = torch.load(run / "iter_2.pth", map_location="cpu", weights_only=False)
@@ -150,6 +154,7 @@ def test_a_non_finite_tensor_is_refused_naming_it(run):
     fails(["eval", run], key, "non-finite", roots=(run,))
 
 
+@pytest.mark.slow
 def test_a_checkpoint_the_run_did_not_record_is_refused(run):
     shutil.copyfile(run / "iter_2.pth", run / "iter_3.pth")
     fails(["eval", run, "--checkpoint", run / "iter_3.pth"], "iter_3.pth", "not a checkpoint this run recorded",
@@ -159,6 +164,7 @@ def test_a_checkpoint_the_run_did_not_record_is_refused(run):
 # ------------------------------------------------------------------ principle 2: a run's metrics are its own
 
 
+@pytest.mark.slow
 def test_eval_with_another_runs_checkpoint_is_refused(run, trained, tmp_path):
     other = tmp_path / "other"
     shutil.copytree(trained, other)
@@ -173,12 +179,14 @@ def _results(tmp_path: Path, data_root: Path, box=(1.0, 2.0, 10.0, 12.0)) -> Pat
                                                    "score": 0.9}])
 
 
+@pytest.mark.slow
 def test_a_results_file_never_becomes_a_runs_metrics(run, data_root, tmp_path):
     results = _results(tmp_path, data_root)
     fails(["eval", "--gt", _val(data_root), "--results", results, "-o", run / "metrics.json"], "metrics.json",
           "outside the run", roots=(run,))
 
 
+@pytest.mark.slow
 def test_another_runs_detections_never_become_a_runs_metrics(run, trained, data_root, tmp_path):
     other = tmp_path / "other"
     shutil.copytree(trained, other)
@@ -186,12 +194,14 @@ def test_another_runs_detections_never_become_a_runs_metrics(run, trained, data_
           "metrics.json", "outside the run", roots=(run, other))
 
 
+@pytest.mark.slow
 def test_rescoring_a_subset_beside_the_run_metrics_is_allowed(run, data_root):
     res = invoke(["eval", run, "--reuse-detections", "--gt", _val(data_root), "-o", run / "subset_metrics.json"])
     assert res.exit_code == 0, res.output
     assert json.loads((run / "metrics.json").read_text()) == json.loads((run / "metrics.json").read_text())
 
 
+@pytest.mark.slow
 def test_eval_reuse_of_a_results_document_is_one_line(run, data_root, tmp_path):
     doc = json.loads(invoke_results_doc(data_root, tmp_path).read_text())
     write_json(run / "metrics.json", doc)
@@ -205,11 +215,13 @@ def invoke_results_doc(data_root: Path, tmp_path: Path) -> Path:
     return out
 
 
+@pytest.mark.slow
 def test_report_never_shows_a_results_document_under_a_runs_name(run, data_root, tmp_path):
     shutil.copyfile(invoke_results_doc(data_root, tmp_path), run / "metrics.json")
     fails(["report", run, "-o", tmp_path / "report"], "scores a results file", roots=(run, tmp_path / "report"))
 
 
+@pytest.mark.slow
 def test_compare_never_shows_another_models_numbers_under_a_runs_name(run, trained, tmp_path):
     other = tmp_path / "other"
     shutil.copytree(trained, other)
@@ -219,6 +231,7 @@ def test_compare_never_shows_another_models_numbers_under_a_runs_name(run, train
     fails(["compare", run, other], "did not record", roots=(run, other))
 
 
+@pytest.mark.slow
 def test_side_by_side_evals_on_different_val_sets_say_so(run, trained):
     doc = json.loads((run / "metrics.json").read_text())
     doc["gt_sha256"] = "f" * 64
@@ -229,15 +242,28 @@ def test_side_by_side_evals_on_different_val_sets_say_so(run, trained):
     assert val_set_note([("a", {"gt_sha256": "1"}), ("b", {"gt_sha256": "1"})]) is None
 
 
+@pytest.mark.slow
+def test_a_report_of_runs_on_different_val_sets_says_so(run, trained, tmp_path):
+    from ecmctl.pipeline.report import write_report
+
+    doc = json.loads((run / "metrics.json").read_text())
+    doc["gt_sha256"] = "f" * 64
+    write_json(run / "metrics.json", doc)
+    result = write_report([trained, run], tmp_path / "report")
+    assert any("different val sets" in n for n in result["notes"])
+
+
 # ----------------------------------------------------------------- principle 3: inputs checked together
 
 
+@pytest.mark.slow
 def test_val_categories_in_another_order_are_refused_before_inference(run, data_root, tmp_path):
     val = _edited(_val(data_root), tmp_path / "val_reordered.json", lambda d: d["categories"].reverse())
     _point_val_at(run, val)
     fails(["eval", run], "val_reordered.json", "another order", roots=(run,))
 
 
+@pytest.mark.slow
 def test_val_with_one_category_fewer_is_refused_before_inference(run, data_root, tmp_path):
     def drop_last(d):
         gone = d["categories"].pop()["id"]
@@ -320,6 +346,7 @@ def test_a_run_uses_its_own_copy_of_counts_and_refuses_one_changed_meanwhile(dat
 # ------------------------------------------------------ principles 1 and 9: evaluations of one run at once
 
 
+@pytest.mark.slow
 def test_two_evaluations_of_one_run_at_once_never_mix(run):
     """Two real `ecmctl eval` processes of one run, one of each checkpoint: both succeed, neither mentions -o,
     and the kept detections, their label and metrics.json all come from one and the same evaluation."""
@@ -340,6 +367,7 @@ def test_two_evaluations_of_one_run_at_once_never_mix(run):
     assert json.loads((run / "metrics.json").read_text())["bbox"] == metrics["bbox"]
 
 
+@pytest.mark.slow
 def test_a_read_only_run_is_refused_before_rescoring(run):
     with read_only(run), unchanged(run):
         line = assert_one_line(invoke(["eval", run, "--reuse-detections"]), "cannot write", "run directory")
