@@ -460,3 +460,44 @@ def test_prepare_interrupted_by_sigterm_ends_interrupted(overrides, monkeypatch)
         train(compose([*overrides, *FAST, "name=cut"]), [], say=lambda m: None, on_run=runs.append)
     meta = runs[0].meta
     assert meta["status"] == "interrupted" and not runs[0].held_elsewhere()
+
+
+def _slurm_cluster_up() -> bool:
+    """The local one-node SLURM of scripts/slurm-localhost.sh answers (tests/test_slurm_cluster.py starts it)."""
+    import shutil
+
+    conf = Path("/etc/slurm/slurm.conf")
+    if shutil.which("sinfo") is None or not conf.is_file():
+        return False
+    if "written by scripts/slurm-localhost.sh" not in conf.read_text().split("\n", 1)[0]:
+        return False
+    return subprocess.run(["sinfo", "-h"], capture_output=True, timeout=30).returncode == 0
+
+
+@pytest.mark.slow
+def test_a_real_slurm_job_training_the_run_refuses_a_local_resume(overrides, tmp_path):
+    """`ecmctl train launcher=slurm`: the job's rank 0 takes the lock its submitter let go of; while it trains, a
+    local `--resume` is one line naming the job, and `status` sees it held."""
+    import re
+
+    if not _slurm_cluster_up():
+        pytest.skip("no local SLURM (scripts/slurm-localhost.sh)")
+    slurm = ["launcher=slurm", "launcher.gpus_per_node=0", "launcher.cpus_per_task=1", "launcher.partition=debug",
+             "launcher.timeout_min=10", f"launcher.folder={tmp_path / 'slurm'}", *FAST, "train.max_iters=100000",
+             "name=slurmlock"]
+    res = subprocess.run([sys.executable, "-m", "ecmctl.cli", "train", *overrides, *slurm], capture_output=True,
+                         text=True, timeout=300, env=ENV)
+    assert res.returncode == 0, res.stdout + res.stderr
+    job_id = re.search(r"submitted slurm job (\d+)", res.stdout).group(1)
+    try:
+        (run_dir,) = list((_run_root(overrides) / "slurmlock").iterdir())
+        run = RunDir(run_dir)
+        deadline = time.time() + 240
+        while time.time() < deadline and not (run.meta.get("status") == "running" and run.held_elsewhere()):
+            time.sleep(0.5)
+        assert run.meta.get("status") == "running" and run.held_elsewhere(), run.meta
+        assert run.owner()["slurm_job_id"] == job_id
+        line = _one_line_error(CliRunner().invoke(app, ["train", "--resume", str(run_dir)]))
+        assert f"SLURM job {job_id}" in line
+    finally:
+        subprocess.run(["scancel", job_id], timeout=30)
