@@ -27,7 +27,7 @@ from ecmctl.core.runs import LOCK, RANKS_LOCK, RESERVE, STALE_S, RunDir
 from ecmctl.core.signals import Interrupted, deferred, terminate_as_interrupt
 from ecmctl.ecm import background
 from ecmctl.ecm.background import CHECK_GROWTH, StoppingRule, bootstrap_ci, converged, summarize
-from ecmctl.pipeline.train import prepare, train
+from ecmctl.pipeline.train import finished_iters, prepare, train
 
 FINAL = {"finished", "failed", "interrupted"}
 FAST = ["detector=atss_tiny", "loss=bce"]
@@ -158,9 +158,9 @@ def _worker_pids(marker: str) -> list[int]:
 
 @pytest.mark.slow
 def test_ranks_die_with_a_sigkilled_ecmctl_then_resume_works(overrides):
-    """SIGKILL of `ecmctl train launcher=torchrun` kills its agent (PDEATHSIG), which stops its ranks; until they
-    are gone the ranks' lock refuses a resume, then the run is free."""
-    job = [*overrides, *FAST, "launcher=torchrun", "launcher.nproc_per_node=2", "train.max_iters=100000",
+    """SIGKILL of `ecmctl train launcher=torchrun` kills its agent (PDEATHSIG), which stops its ranks (before, they
+    trained on, and `--resume` started a second trainer beside them); then `--resume` finishes the run."""
+    job = [*overrides, *FAST, "launcher=torchrun", "launcher.nproc_per_node=2", "train.max_iters=12",
            "name=orphans"]
     proc = subprocess.Popen([sys.executable, "-m", "ecmctl.cli", "train", *job], stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, env=ENV)
@@ -173,7 +173,8 @@ def test_ranks_die_with_a_sigkilled_ecmctl_then_resume_works(overrides):
         (run_dir,) = list((_run_root(overrides) / "orphans").iterdir())
         while time.time() < deadline and not RunDir(run_dir).held_elsewhere():
             time.sleep(0.3)
-        time.sleep(3)  # into the training loop
+        time.sleep(1)  # into the training loop
+        assert proc.poll() is None and not any(run_dir.glob("iter_12.pth")), "still training"
         proc.kill()  # the ecmctl process only, as the OOM killer would
         proc.wait()
         deadline = time.time() + 60
@@ -184,9 +185,10 @@ def test_ranks_die_with_a_sigkilled_ecmctl_then_resume_works(overrides):
         for pid in _worker_pids(marker):
             os.kill(pid, signal.SIGKILL)
     run = RunDir(run_dir)
-    assert not run.held_elsewhere()
-    run.lock()  # what `--resume` takes first: free now
-    run.unlock()
+    assert not run.held_elsewhere() and run.meta["status"] == "running"  # SIGKILLed: nobody marked it
+    res = CliRunner().invoke(app, ["train", "--resume", str(run_dir)])
+    assert res.exit_code == 0, res.output
+    assert RunDir(run_dir).meta["status"] == "finished" and finished_iters(run_dir) == 12
 
 
 # --- final states from the first second ---------------------------------------------------------------------------
