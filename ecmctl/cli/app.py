@@ -13,6 +13,7 @@ from typer.core import TyperGroup
 
 from ecmctl.core.errors import UserError, as_interrupt, as_user_error
 from ecmctl.core.quiet import install_warning_filters
+from ecmctl.core.signals import exit_code, terminate_as_interrupt
 
 install_warning_filters()  # before any command imports the stack
 
@@ -60,8 +61,9 @@ def print_error(e: UserError) -> None:
 
 
 def user_errors(fn):
-    """The CLI's one error path: a user mistake (UserError, see `as_user_error`) is one line and exit 2,
-    Ctrl-C is one line and exit 130, and a bug is a traceback and exit 1."""
+    """The CLI's one error path: a user mistake (UserError, see `as_user_error`; a full disk too) is one line and
+    exit 2, Ctrl-C is one line and exit 130, SIGTERM the same from the command's first line on (every record ends
+    `interrupted`, core/signals.py) and exit 143, and a bug is a traceback and exit 1."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
@@ -71,14 +73,15 @@ def user_errors(fn):
 
             set_verbose(bool(verbose))
         try:
-            return fn(*args, **kwargs)
-        except KeyboardInterrupt:
+            with terminate_as_interrupt():
+                return fn(*args, **kwargs)
+        except KeyboardInterrupt as stop:
             err_console.print("[bold red]interrupted[/]", highlight=False)
-            raise typer.Exit(130) from None
+            raise typer.Exit(exit_code(stop)) from None
         except Exception as e:
-            if as_interrupt(e) is not None:  # an interrupt a library re-raised as its own error
+            if (stop := as_interrupt(e)) is not None:  # an interrupt a library re-raised as its own error
                 err_console.print("[bold red]interrupted[/]", highlight=False)
-                raise typer.Exit(130) from None
+                raise typer.Exit(exit_code(stop)) from None
             err = as_user_error(e)
             if err is None:
                 raise

@@ -295,6 +295,11 @@ def unknown_key(full_key: str, schema: type, prefix: str = "", launcher: str = "
             continue
         node = _field_type(node, part) if node is not None else None
     valid = [f.name for f in fields(node)] if node is not None else []
+    if parent_path == "launcher" and leaf not in valid:  # a key of another launcher: name the one that has it
+        owners = [name for name, conf in LAUNCHERS.items() if leaf in {f.name for f in fields(conf)}]
+        if owners:
+            return (f"config key {prefix + full_key!r} does not exist with launcher={launcher}; it is a setting of "
+                    + " and ".join(f"launcher={o}" for o in owners) + f": add launcher={owners[0]}")
     return (f"config key {prefix + full_key!r} does not exist" + (f"; valid keys: {', '.join(valid)}" if valid else "")
             + _near(leaf, valid))
 

@@ -17,6 +17,10 @@ class UserError(Exception):
     exit_code = 2
 
 
+class DiskFull(UserError):
+    """No space (or quota) left where a file had to be written: one line, and a run still records `failed`."""
+
+
 # errno values that mean "this path cannot be written here", whoever raised them: the user's to fix
 PATH_ERRNOS = frozenset({errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT})
 
@@ -27,6 +31,9 @@ def as_user_error(e: BaseException) -> UserError | None:
         return e
     if isinstance(e, OSError) and e.errno in PATH_ERRNOS and e.filename:
         return UserError(f"{e.filename}: {e.strerror}; choose a writable location")
+    if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):  # a write() names no file
+        return DiskFull(f"{e.strerror or 'no space left on device'} while writing; free space or choose another "
+                        "location")
     if isinstance(e, ModuleNotFoundError) and e.name and not e.name.startswith("ecmctl"):
         return UserError(f"missing dependency: no module named {e.name!r}; install ecmctl's dependencies "
                          "(`make install`)")
@@ -50,7 +57,7 @@ def as_interrupt(e: BaseException) -> KeyboardInterrupt | None:
     while cause is not None and id(cause) not in seen:
         if isinstance(cause, KeyboardInterrupt):
             if cause is not e:
-                cause = KeyboardInterrupt(f"interrupted ({type(e).__name__} raised while stopping)")
+                cause = type(cause)(f"interrupted ({type(e).__name__} raised while stopping)")  # SIGTERM's kept
                 cause.__cause__ = e
             return cause
         seen.add(id(cause))

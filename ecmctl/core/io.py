@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -11,7 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
 
-from ecmctl.core.errors import UserError
+from ecmctl.core.errors import DiskFull, UserError
 
 
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
@@ -126,15 +127,19 @@ def atomic_write(path: str | os.PathLike, write: Callable[[IO], Any], binary: bo
     try:
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     except OSError as e:
-        raise UserError(f"{path}: cannot write into {path.parent} ({e.strerror}); choose another output path") \
+        kind = DiskFull if e.errno in (errno.ENOSPC, errno.EDQUOT) else UserError
+        raise kind(f"{path}: cannot write into {path.parent} ({e.strerror}); choose another output path") \
             from None
     try:
         with os.fdopen(fd, "wb" if binary else "w") as f:
             write(f)
         os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise DiskFull(f"{path}: {e.strerror}; free space in {path.parent} or choose another output path") \
+                from e
         raise
     return path
 

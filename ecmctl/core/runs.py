@@ -6,14 +6,20 @@ moved run is self-contained and never reads another run's files.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import fcntl
+import json
 import os
 import shutil
+import socket
 import subprocess
+import threading
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
-from ecmctl.core.errors import UserError
+from ecmctl.core.errors import DiskFull, UserError
 from ecmctl.core.io import atomic_write_json, load_json, load_schema, sha256_file
 from ecmctl.core.schemas import RUN_SCHEMA
 
@@ -42,6 +48,21 @@ def new_run_dir(run_root: str | os.PathLike, name: str) -> Path:
                             "run_root") from None
 
 
+def _flock_held(path: Path, how: int) -> bool:
+    """Whether another open file description holds a flock on `path` that conflicts with `how`."""
+    try:
+        fd = os.open(path, os.O_RDWR)
+    except FileNotFoundError:
+        return False
+    try:
+        fcntl.flock(fd, how | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)  # closing releases a lock taken here
+    return False
+
+
 def git_commit() -> str | None:
     """The project's commit, so a run can be traced to the code that made it."""
     try:
@@ -52,12 +73,50 @@ def git_commit() -> str | None:
     return out.stdout.strip() or None
 
 
+LOCK = ".lock"  # flock-ed by the process that trains the run; holds the owner record
+RANKS_LOCK = ".ranks.lock"  # shared flock of every training rank (torchrun, SLURM tasks)
+RESERVE = ".space-reserve"  # freed when run.json cannot be written for lack of space, so the final state still is
+RESERVE_BYTES = 64 * 1024
+OWNER_BYTES = 512  # the owner record is padded to a fixed size: rewritten in place by one pwrite, never truncated
+HEARTBEAT_S = 30.0
+STALE_S = 180.0  # a heartbeat older than this is a dead owner's (a preempted node, a SIGKILLed job)
+LOCK_WAIT_S = 60.0  # how long a SLURM job waits for its submitter to let go of the lock
+
+
+def slurm_job_id() -> str | None:
+    """This SLURM job's id as submitit and squeue write it: N, or N_i for a task of job array N."""
+    array, task = os.environ.get("SLURM_ARRAY_JOB_ID"), os.environ.get("SLURM_ARRAY_TASK_ID")
+    return f"{array}_{task}" if array and task else os.environ.get("SLURM_JOB_ID")
+
+
+def _host() -> str:
+    return socket.gethostname()
+
+
+def owner_record() -> dict:
+    """Who trains a run: host, pid, SLURM job (its requeued self on another node is the same owner), heartbeat."""
+    t = time.time()
+    return {"host": _host(), "pid": os.getpid(), "slurm_job_id": slurm_job_id(), "started": t, "heartbeat": t}
+
+
+def describe_owner(owner: dict) -> str:
+    job = f", SLURM job {owner['slurm_job_id']}" if owner.get("slurm_job_id") else ""
+    age = time.time() - float(owner.get("heartbeat") or 0)
+    return f"host {owner.get('host')} pid {owner.get('pid')}{job}, heartbeat {age:.0f} s ago"
+
+
 class RunDir:
-    """A run directory; `lock()` holds an exclusive flock for as long as this process trains in it."""
+    """A run directory; `lock()` makes this process the run's one writer until `unlock()`.
+
+    Three things say a run is trained elsewhere, each covering what the others cannot see: the flock of `.lock`
+    (this host, released by the kernel when its holder dies), the shared flock of `.ranks.lock` (training ranks,
+    which outlive their launcher for as long as their own shutdown takes), and the owner record in `.lock` with a
+    heartbeat refreshed every HEARTBEAT_S (other nodes: flock does not reach across NFS clients)."""
 
     def __init__(self, path: str | os.PathLike) -> None:
         self.path = Path(path)
         self._lock_fd: int | None = None
+        self._beat: tuple[threading.Thread, threading.Event] | None = None
 
     @classmethod
     def open(cls, path: str | os.PathLike) -> RunDir:
@@ -73,40 +132,124 @@ class RunDir:
         return load_json(p) if p.is_file() else {"schema": RUN_SCHEMA}
 
     def update(self, **fields) -> dict:
+        """Merge `fields` into run.json. On a full disk the run's reserve is given up first, so that a run's last
+        word (`failed: no space left`) is still written."""
         meta = {**self.meta, **fields}
-        atomic_write_json(self.path / RUN_JSON, meta)
+        try:
+            atomic_write_json(self.path / RUN_JSON, meta)
+        except DiskFull:
+            (self.path / RESERVE).unlink(missing_ok=True)
+            atomic_write_json(self.path / RUN_JSON, meta)
         return meta
 
-    def lock(self) -> None:
-        fd = os.open(self.path / ".lock", os.O_CREAT | os.O_RDWR, 0o666)
+    def owner(self) -> dict | None:
+        """The owner record in the lock file (None: none, or not readable)."""
+        try:
+            text = (self.path / LOCK).read_text().strip()
+            owner = json.loads(text) if text.startswith("{") else None
+        except (OSError, ValueError):
+            return None
+        return owner if isinstance(owner, dict) else None
+
+    def _foreign_live_owner(self) -> dict | None:
+        """An owner on another host whose heartbeat is fresh (its own requeued SLURM job aside)."""
+        owner = self.owner()
+        if not owner or owner.get("host") == _host():
+            return None
+        job = owner.get("slurm_job_id")
+        if job and job == owner_record()["slurm_job_id"]:
+            return None  # this job's previous run, before SLURM requeued it here
+        beat = owner.get("heartbeat")
+        return owner if isinstance(beat, (int, float)) and time.time() - beat < STALE_S else None
+
+    def _ranks_training(self) -> bool:
+        return _flock_held(self.path / RANKS_LOCK, fcntl.LOCK_EX)
+
+    def lock(self, wait_s: float = 0.0) -> None:
+        """Become the run's one writer, or refuse (UserError) while a process here, a rank or a live owner on
+        another host trains it; `wait_s`: keep trying that long (a SLURM job while its submitter lets go)."""
+        deadline = time.monotonic() + wait_s
+        while True:
+            try:
+                return self._try_lock()
+            except UserError:
+                if time.monotonic() >= deadline:
+                    raise
+                time.sleep(0.5)
+
+    def _try_lock(self) -> None:
+        fd = os.open(self.path / LOCK, os.O_CREAT | os.O_RDWR, 0o666)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             os.close(fd)
-            raise UserError(f"{self.path}: locked, another process is training in it") from None
-        os.ftruncate(fd, 0)
-        os.write(fd, str(os.getpid()).encode())
+            owner = self.owner()
+            raise UserError(f"{self.path}: locked, another process is training it"
+                            + (f" ({describe_owner(owner)})" if owner else "")) from None
+        try:
+            if (owner := self._foreign_live_owner()) is not None:
+                raise UserError(f"{self.path}: locked, trained on another node ({describe_owner(owner)}); if that "
+                                f"node is gone, the lock is free {STALE_S:.0f} s after its last heartbeat")
+            if self._ranks_training():
+                raise UserError(f"{self.path}: locked, ranks of an earlier launch still train it (their launcher "
+                                "died); they stop within seconds, try again")
+        except BaseException:
+            os.close(fd)
+            raise
         self._lock_fd = fd
+        self._write_owner(owner_record())
+        stop = threading.Event()
+        beat = threading.Thread(target=self._heartbeat, args=(stop,), name="ecmctl-lock-heartbeat", daemon=True)
+        beat.start()
+        self._beat = (beat, stop)
+        try:  # room for the final run.json on a disk that fills up later
+            if not (self.path / RESERVE).exists():
+                with open(self.path / RESERVE, "wb") as f:
+                    f.truncate(RESERVE_BYTES)
+                    os.posix_fallocate(f.fileno(), 0, RESERVE_BYTES)
+        except OSError:
+            (self.path / RESERVE).unlink(missing_ok=True)
+
+    def _write_owner(self, owner: dict | None) -> None:
+        text = json.dumps(owner) if owner else ""
+        os.pwrite(self._lock_fd, text.ljust(OWNER_BYTES).encode()[:OWNER_BYTES], 0)
+
+    def _heartbeat(self, stop: threading.Event) -> None:
+        owner = self.owner() or owner_record()
+        while not stop.wait(HEARTBEAT_S):
+            owner["heartbeat"] = time.time()
+            with contextlib.suppress(OSError):  # the disk went away: the record stays, and goes stale
+                self._write_owner(owner)
 
     def held_elsewhere(self) -> bool:
-        """True while another process holds this run's lock: flock is released by the kernel when its holder
-        dies, so a `running` run nobody holds is dead (how `status` reconciles local and torchrun runs)."""
-        try:
-            fd = os.open(self.path / ".lock", os.O_RDWR)
-        except FileNotFoundError:
-            return False
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return True
-        finally:
-            os.close(fd)  # closing releases a lock taken here
-        return False
+        """True while another live process trains this run: it holds the flock (released by the kernel when its
+        holder dies, so a `running` run nobody holds is dead: how `status` reconciles local and torchrun runs),
+        its ranks still train, or its owner on another host has a fresh heartbeat (SLURM on other nodes)."""
+        return (_flock_held(self.path / LOCK, fcntl.LOCK_EX) or self._ranks_training()
+                or self._foreign_live_owner() is not None)
 
     def unlock(self) -> None:
+        if self._beat is not None:
+            beat, stop = self._beat
+            stop.set()
+            beat.join()
+            self._beat = None
         if self._lock_fd is not None:
+            with contextlib.suppress(OSError):
+                self._write_owner(None)
             os.close(self._lock_fd)
             self._lock_fd = None
+
+    @contextlib.contextmanager
+    def training_rank(self) -> Iterator[None]:
+        """Held by every rank while it trains (shared flock of `.ranks.lock`): `lock()` refuses until the last
+        rank is gone, also when the launcher that held the run's lock was killed first."""
+        fd = os.open(self.path / RANKS_LOCK, os.O_CREAT | os.O_RDWR, 0o666)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH)  # blocks only while a `lock()` probes it, a moment
+            yield
+        finally:
+            os.close(fd)
 
     @staticmethod
     def check_new(path: str | os.PathLike) -> Path:

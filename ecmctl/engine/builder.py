@@ -23,7 +23,8 @@ from ecmctl.engine.placement import (
 
 # ecmctl's launcher -> mmengine's `launcher` (how each rank initialises torch.distributed)
 MM_LAUNCHERS = {"local": "none", "torchrun": "pytorch", "slurm": "slurm"}
-CUSTOM_IMPORTS = ["ecmctl.losses", "ecmctl.engine.compat", "ecmctl.engine.lvis_stream_metric", "ecmctl.engine.hooks",
+CUSTOM_IMPORTS = ["ecmctl.losses", "ecmctl.engine.atomic_backend", "ecmctl.engine.compat",
+                  "ecmctl.engine.lvis_stream_metric", "ecmctl.engine.hooks",
                   "ecmctl.engine.loops", "ecmctl.engine.ecm_heads"]
 
 
@@ -170,7 +171,7 @@ def build_mm_config(cfg: DictConfig, classes: Sequence[str], work_dir: str | Pat
         logger=dict(type="LoggerHook", interval=k * (min(50, max(1, int(tr.max_iters) // 10)) if tr.max_iters else 50)),
         param_scheduler=dict(type="ParamSchedulerHook"),
         checkpoint=dict(type="CheckpointHook", by_epoch=False, interval=k * int(tr.checkpoint_interval),
-                        max_keep_ckpts=2, save_last=True),
+                        max_keep_ckpts=2, save_last=True, backend_args=dict(backend="ecmctl_atomic")),
         sampler_seed=dict(type="DistSamplerSeedHook"),
         visualization=dict(type="DetVisualizationHook"))
     mm.log_processor = dict(type="LogProcessor", window_size=20, by_epoch=bool(sch.by_epoch))

@@ -9,7 +9,7 @@ from __future__ import annotations
 import contextlib
 from pathlib import Path
 
-from ecmctl.core.runs import MM_CONFIG, RUN_JSON
+from ecmctl.core.runs import MM_CONFIG, RUN_JSON, RunDir
 
 
 def quiet_console(logger) -> None:
@@ -45,7 +45,7 @@ def make_runner(mm):
     from mmengine.runner import Runner
 
     from ecmctl import losses  # noqa: F401  (registries, for in-memory configs too)
-    from ecmctl.engine import compat, hooks, loops, lvis_stream_metric  # noqa: F401
+    from ecmctl.engine import atomic_backend, compat, hooks, loops, lvis_stream_metric  # noqa: F401
 
     class QuietRunner(Runner):
         def build_logger(self, *args, **kwargs):
@@ -173,8 +173,6 @@ def resume_from(run_dir: str | Path) -> str | None:
     """The checkpoint a resumed run continues from: this run's own newest one (None: from the start), never
     what mmengine's `last_checkpoint` marker names, an absolute path that in a copied or moved run
     directory is the original run's file."""
-    from ecmctl.core.runs import RunDir
-
     last = RunDir(run_dir).last_checkpoint()
     return str(last.resolve()) if last is not None else None
 
@@ -205,10 +203,10 @@ def train_run(run_dir: str | Path, resume: bool = False, config: str = MM_CONFIG
 
     runner = _runner_with(mm, launcher, [*hooks, CheckpointRecordHook()])
     if dtype is not None and runner.rank == 0 and (run_dir / RUN_JSON).is_file():
-        from ecmctl.core.runs import RunDir
-
         RunDir(run_dir).update(amp_dtype=dtype)  # what `auto` became on this machine
-    with _running(runner):
+    # every rank of a run holds its shared rank lock (not a calibration's directory, which has no run.json)
+    rank_lock = RunDir(run_dir).training_rank() if (run_dir / RUN_JSON).is_file() else contextlib.nullcontext()
+    with rank_lock, _running(runner):
         runner.train()
 
 

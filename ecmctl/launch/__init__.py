@@ -1,6 +1,7 @@
 """Launchers: run a `Task` in this process, on every rank of a torchrun job, or as a SLURM job.
 
-task (what to run) · torchrun (elastic agent) · slurm (submitit, requeue) · worker (one rank's entry point).
+task (what to run) · torchrun (elastic agent) · slurm (submitit, requeue) · worker (one rank's entry point) ·
+parent_death (the agent and its ranks die with their parent).
 """
 
 from __future__ import annotations

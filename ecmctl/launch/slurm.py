@@ -9,14 +9,8 @@ from pathlib import Path
 from omegaconf import DictConfig
 
 from ecmctl.core.errors import as_interrupt, first_line
-from ecmctl.core.runs import RunDir, now
+from ecmctl.core.runs import LOCK_WAIT_S, RunDir, now, slurm_job_id
 from ecmctl.launch.task import Task
-
-
-def slurm_job_id() -> str | None:
-    """This SLURM job's id as submitit and squeue write it: N, or N_i for a task of job array N."""
-    array, task = os.environ.get("SLURM_ARRAY_JOB_ID"), os.environ.get("SLURM_ARRAY_TASK_ID")
-    return f"{array}_{task}" if array and task else os.environ.get("SLURM_JOB_ID")
 
 
 class SlurmJob:
@@ -32,6 +26,14 @@ class SlurmJob:
         install_warning_filters()
         run = RunDir(self.task.run_dir)
         rank0 = int(os.environ.get("SLURM_PROCID", "0")) == 0
+        if rank0:  # the run's one writer while the job trains: other nodes see its heartbeat (core/runs.py)
+            run.lock(wait_s=LOCK_WAIT_S)  # refused: another trainer has it; run.json is left as that one keeps it
+        try:
+            return self._train(run, rank0)
+        finally:
+            run.unlock()
+
+    def _train(self, run: RunDir, rank0: bool) -> str:
         if rank0:
             run.update(status="running", started=now(), slurm_job=slurm_job_id(),
                        slurm_restarts=int(os.environ.get("SLURM_RESTART_COUNT", "0")),

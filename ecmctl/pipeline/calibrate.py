@@ -21,6 +21,7 @@ from ecmctl.core.errors import UserError, as_interrupt, first_line
 from ecmctl.core.io import atomic_write_json, atomic_write_text, check_output, check_writable, make_dirs
 from ecmctl.core.runs import new_run_dir, now
 from ecmctl.core.schemas import CALIBRATION_SCHEMA, WEIGHTS_SCHEMA
+from ecmctl.core.signals import deferred
 from ecmctl.ecm.background import summarize
 from ecmctl.ecm.weights import EVERY_WEIGHTS_FILE, weights_file_names, write_weights
 from ecmctl.engine.builder import base_config, build_mm_config
@@ -100,16 +101,16 @@ def run_calibration(cfg: DictConfig, out_dir: str | Path | None, say: Say = prin
     else:
         out = make_dirs(out_dir, "calibration output directory")
     status = out / STATUS_JSON
-    atomic_write_json(status, {"status": "running", "started": now()})
     try:
+        atomic_write_json(status, {"status": "running", "started": now()})
         fixed = {i: r for i, s in enumerate(placement.bg_sites) if (r := sampler_ratio(model, s)) is not None}
         result = _calibrate(cfg, out, placement, counts_file, counts_doc, say, fixed)
     except BaseException as e:
-        if (stop := as_interrupt(e)) is None:
-            atomic_write_json(status, {"status": "failed", "stopped": now(),
-                                       "reason": first_line(e)})
-            raise
-        atomic_write_json(status, {"status": "interrupted", "stopped": now()})
+        with deferred():
+            if (stop := as_interrupt(e)) is None:
+                atomic_write_json(status, {"status": "failed", "stopped": now(), "reason": first_line(e)})
+                raise
+            atomic_write_json(status, {"status": "interrupted", "stopped": now()})
         raise stop from stop.__cause__  # the library error that hid it, if any
     atomic_write_json(status, {"status": "finished", "finished": now()})
     return result

@@ -15,6 +15,7 @@ from ecmctl.core.errors import as_user_error, first_line
 from ecmctl.core.io import atomic_write_json
 from ecmctl.core.runs import new_run_dir, now
 from ecmctl.core.schemas import SWEEP_SCHEMA
+from ecmctl.core.signals import deferred
 from ecmctl.launch import train_task
 from ecmctl.launch.slurm import SlurmJob, slurm_executor
 from ecmctl.pipeline import train as training
@@ -40,7 +41,8 @@ def run_sweep(overrides: list[str], say=print) -> dict:
     say(f"sweep of {len(jobs)} jobs; summary in {root / 'sweep.json'}")
     entries = [{"overrides": job, "run_dir": None, "status": "pending"} for job in jobs]
     summary["jobs"] = entries
-    try:
+    try:  # sweep.json exists, `running`, from the start: whatever stops the sweep leaves it final
+        atomic_write_json(root / "sweep.json", summary)
         if cfgs[0].launcher.name == "slurm":
             _submit_array(cfgs, jobs, entries, root, summary, say)
         else:
@@ -55,12 +57,13 @@ def run_sweep(overrides: list[str], say=print) -> dict:
                     _failed(entry, e)
                     say(f"[{i + 1}/{len(jobs)}] failed: {entry['reason']}")
                 atomic_write_json(root / "sweep.json", summary)
-    except KeyboardInterrupt:
-        for entry in entries:
-            if entry["status"] in ("pending", "running"):
-                entry["status"] = "interrupted" if entry["status"] == "running" else "not started"
-        summary.update(status="interrupted", stopped=now())
-        atomic_write_json(root / "sweep.json", summary)
+    except KeyboardInterrupt:  # Ctrl-C, or SIGTERM (core/signals.py)
+        with deferred():
+            for entry in entries:
+                if entry["status"] in ("pending", "running"):
+                    entry["status"] = "interrupted" if entry["status"] == "running" else "not started"
+            summary.update(status="interrupted", stopped=now())
+            atomic_write_json(root / "sweep.json", summary)
         raise
     failed = failed_jobs(summary)
     summary.update(status="failed" if failed else "finished", finished=now(), failed=len(failed))

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import signal
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +15,7 @@ from ecmctl.core.environment import device_name, require_device, versions
 from ecmctl.core.errors import UserError, as_interrupt, first_line
 from ecmctl.core.io import atomic_write_text, check_output, check_writable
 from ecmctl.core.runs import HYDRA_CONFIG, MM_CONFIG, RunDir, git_commit, new_run_dir, now
+from ecmctl.core.signals import deferred, terminate_as_interrupt
 from ecmctl.dataset.counting import load_counts
 from ecmctl.ecm.weights import EVERY_WEIGHTS_FILE, weights_file_names
 from ecmctl.engine.builder import base_config, build_mm_config, pretrained_checkpoint
@@ -207,17 +207,17 @@ def prepare(cfg: DictConfig, overrides: list[str], say: Say = print,
     run = RunDir.create(cfg.run_dir) if cfg.run_dir else RunDir(new_run_dir(cfg.run_root, cfg.name))
     if on_run is not None:
         on_run(run)
-    run.lock()
-    run.update(name=cfg.name, status="preparing", created=now(), overrides=list(overrides),
-               git_commit=git_commit(), versions=versions(), device=device_name(cfg.device),
-               launcher=cfg.launcher.name, max_iters=cfg.train.max_iters, max_epochs=cfg.train.max_epochs,
-               recipe=OmegaConf.to_container(cfg.recipe) if cfg.recipe.name else None,
-               effective_batch=plan.batch.effective_batch, world_size=plan.batch.world_size, lr=plan.batch.lr,
-               base_lr=plan.batch.base_lr, base_batch=plan.batch.base_batch, pretrained=plan.pretrained,
-               batch_policy=plan.batch.policy, accumulation_steps=plan.batch.accumulation,
-               images_per_iteration=plan.batch.images_per_iteration, amp=bool(cfg.train.amp),
-               amp_dtype=str(cfg.train.get("amp_dtype", "auto")) if cfg.train.amp else None)
-    try:
+    try:  # from the directory's first second: whatever stops the preparation leaves a final state
+        run.lock()
+        run.update(name=cfg.name, status="preparing", created=now(), overrides=list(overrides),
+                   git_commit=git_commit(), versions=versions(), device=device_name(cfg.device),
+                   launcher=cfg.launcher.name, max_iters=cfg.train.max_iters, max_epochs=cfg.train.max_epochs,
+                   recipe=OmegaConf.to_container(cfg.recipe) if cfg.recipe.name else None,
+                   effective_batch=plan.batch.effective_batch, world_size=plan.batch.world_size, lr=plan.batch.lr,
+                   base_lr=plan.batch.base_lr, base_batch=plan.batch.base_batch, pretrained=plan.pretrained,
+                   batch_policy=plan.batch.policy, accumulation_steps=plan.batch.accumulation,
+                   images_per_iteration=plan.batch.images_per_iteration, amp=bool(cfg.train.amp),
+                   amp_dtype=str(cfg.train.get("amp_dtype", "auto")) if cfg.train.amp else None)
         counts_file, counts = run_counts(run, counts_file, counts)
         weights = resolve_weights(cfg, plan, counts_file, counts, run, say, files)
         foreign = foreign_inputs(cfg, counts_file, counts, [str(run.path / w) for w in weights or []])
@@ -226,16 +226,22 @@ def prepare(cfg: DictConfig, overrides: list[str], say: Say = print,
         OmegaConf.update(cfg, "detector.with_mask", model_has_masks(mm.model))  # eval reads it from the run
         atomic_write_text(run.path / HYDRA_CONFIG, to_yaml(cfg))
         atomic_write_text(run.path / MM_CONFIG, mm.pretty_text)
+        run.update(status="ready", **_bg_ratio_used(run),
+                   **({"allow_foreign_weights": True, "foreign_inputs": foreign} if foreign else {}))
+        say(f"run directory: {run.path}")
+        say(f"device: {run.meta.get('device')}")
     except BaseException as e:
-        run.unlock()
-        if (stop := as_interrupt(e)) is None:
-            run.update(status="failed", stopped=now(), reason=first_line(e))
-            raise
-        run.update(status="interrupted", stopped=now(), reason="interrupted while preparing, before training")
-        say(f"interrupted before training started; {run.path} cannot be resumed, start a new run")
+        with deferred():
+            try:
+                if (stop := as_interrupt(e)) is None:
+                    run.update(status="failed", stopped=now(), reason=first_line(e))
+                    raise
+                run.update(status="interrupted", stopped=now(), reason="interrupted while preparing, before "
+                           "training")
+                say(f"interrupted before training started; {run.path} cannot be resumed, start a new run")
+            finally:
+                run.unlock()
         raise stop from stop.__cause__  # the library error that hid it, if any
-    run.update(status="ready", **_bg_ratio_used(run),
-               **({"allow_foreign_weights": True, "foreign_inputs": foreign} if foreign else {}))
     return run
 
 
@@ -270,8 +276,6 @@ def train(cfg: DictConfig, overrides: list[str], say: Say = print,
     if lc.name == "torchrun" and int(lc.nnodes) > 1 and int(lc.node_rank) > 0:
         return join_run(cfg, say)
     run = prepare(cfg, overrides, say, on_run)
-    say(f"run directory: {run.path}")
-    say(f"device: {run.meta.get('device')}")
     return launch_run(run, cfg, resume=False, say=say)
 
 
@@ -320,33 +324,30 @@ def resume(run_dir: str | Path, say: Say = print) -> RunDir:
     return launch_run(run, cfg, resume=True, say=say)
 
 
-class Interrupted(KeyboardInterrupt):
-    """SIGTERM (a scheduler or `kill`) handled like Ctrl-C: the run ends `interrupted`, resumable."""
-
-
-def _terminate(signum, frame):
-    raise Interrupted(f"signal {signum}")
-
-
 def launch_run(run: RunDir, cfg: DictConfig, resume: bool, say: Say) -> RunDir:
-    """Launch the run's training and record how it ended: finished, failed (with the reason) or interrupted."""
+    """Launch the run's training and record how it ended: finished, failed (with the reason) or interrupted
+    (SIGTERM too, from the first second). A SLURM run's lock passes to its job once submitted."""
     slurm = cfg.launcher.name == "slurm"  # the job marks itself running, then finished or failed
-    run.update(status="submitted" if slurm else "running", **({} if slurm else {"started": now()}))
-    previous = signal.signal(signal.SIGTERM, _terminate)
     try:
-        launch(train_task(run.path, resume), cfg.launcher, say, device=cfg.device)
+        with terminate_as_interrupt():
+            run.update(status="submitted" if slurm else "running", **({} if slurm else {"started": now()}))
+            launch(train_task(run.path, resume), cfg.launcher, say, device=cfg.device)
     except BaseException as e:
-        if (stop := as_interrupt(e)) is None:
-            run.update(status="failed", stopped=now(), reason=first_line(e))
-            raise
-        run.update(status="interrupted", stopped=now())
-        say(f"interrupted; continue with `ecmctl train --resume {run.path}`")
+        with deferred():
+            try:
+                if (stop := as_interrupt(e)) is None:
+                    run.update(status="failed", stopped=now(), reason=first_line(e))
+                    raise
+                run.update(status="interrupted", stopped=now())
+                say(f"interrupted; continue with `ecmctl train --resume {run.path}`")
+            finally:
+                run.unlock()
         raise stop from stop.__cause__  # the library error that hid it, if any
+    try:
+        if not slurm:
+            run.update(status="finished", finished=now(), checkpoint=run.relative(run.last_checkpoint()))
     finally:
-        signal.signal(signal.SIGTERM, previous)
         run.unlock()
-    if not slurm:
-        run.update(status="finished", finished=now(), checkpoint=run.relative(run.last_checkpoint()))
     return run
 
 

@@ -7,14 +7,14 @@ Rank 0 writes the traces; `ecm.background` reads them."""
 from __future__ import annotations
 
 import json
+import math
 
-import numpy as np
 import torch
 from mmengine.hooks import Hook
 from mmengine.registry import HOOKS
 
 from ecmctl.core.io import atomic_write_text
-from ecmctl.ecm.background import estimate, precise_enough
+from ecmctl.ecm.background import StoppingRule
 from ecmctl.engine.compat import scope_registry
 from ecmctl.engine.placement import node_at
 
@@ -69,15 +69,15 @@ class CalibrationHook(Hook):
         self.sites = [list(s) for s in sites or []]
         self.counters: list[LabelCounter] = []
         self.handles: list = []
-        self.traces: list[list[tuple[int, int]]] = []
+        self.rule = StoppingRule(0, min_iters, rel_tol, bootstrap)
         self._bar = None
 
     def before_train(self, runner) -> None:
         heads = built_sites(runner.model, self.sites)
         self.counters = [LabelCounter(h.num_classes) for h, _ in heads]
+        self.rule = StoppingRule(len(heads), self.min_iters, self.rel_tol, self.bootstrap)
         self.handles = [loss.register_forward_pre_hook(c, with_kwargs=True)
                         for (_, loss), c in zip(heads, self.counters)]
-        self.traces = [[] for _ in heads]
         if self.progress and runner.rank == 0:
             from rich.console import Console
             from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -93,20 +93,14 @@ class CalibrationHook(Hook):
 
         counts = torch.tensor([c.pop() for c in self.counters], dtype=torch.float64).reshape(-1, 2)
         all_reduce(counts)  # global batch under torchrun; a no-op in one process
-        for trace, (fg, bg) in zip(self.traces, counts.tolist()):
-            trace.append((int(fg), int(bg)))
-        arrays = self.arrays()
-        if not arrays:
+        if not self.counters:
             return
-        ready = len(arrays[0]) >= max(self.min_iters, 2)  # every stage has as many iterations
-        # one bootstrap of stage 0 per iteration serves the bar and the stopping rule (same as the final summary)
-        first = estimate(arrays[0], self.bootstrap) if self._bar is not None or ready else None
-        if self._bar is not None:
-            r, lo, hi = first
-            self._bar.update(self._task, advance=1, status=f"r={r:.3f} [{lo:.3f}, {hi:.3f}]")
-        if ready and all(precise_enough(first if i == 0 else estimate(a, self.bootstrap), len(a), self.min_iters,
-                                        self.rel_tol) for i, a in enumerate(arrays)):
+        if self.rule.add(counts.tolist()):  # its cost per iteration is flat in the run's length (ecm.background)
             runner.train_loop.stop_training = True
+        if self._bar is not None:
+            lo, hi = self.rule.interval
+            ci = f" [{lo:.3f}, {hi:.3f}]" if math.isfinite(lo) else ""
+            self._bar.update(self._task, advance=1, status=f"r={self.rule.r():.3f}{ci}")
 
     def _stop(self) -> None:
         """Remove the counting hooks and stop the bar; also called by engine.runner when training fails."""
@@ -120,7 +114,4 @@ class CalibrationHook(Hook):
     def after_train(self, runner) -> None:
         self._stop()
         if self.out_file and runner.rank == 0:
-            atomic_write_text(self.out_file, json.dumps({"traces": [list(map(list, t)) for t in self.traces]}))
-
-    def arrays(self) -> list[np.ndarray]:
-        return [np.asarray(t, dtype=np.float64).reshape(-1, 2) for t in self.traces]
+            atomic_write_text(self.out_file, json.dumps({"traces": [list(map(list, t)) for t in self.rule.traces]}))
