@@ -261,3 +261,41 @@ def recipes_table(recipes) -> Table:
         paper = "-" if r.paper_bbox is None and r.paper_segm is None else f"{box} / {mask}"  # one may be unpublished
         table.add_row(r.name, r.detector, r.loss, r.schedule, f"{r.gpus} x {r.images_per_gpu}", paper)
     return table
+
+
+STATE_STYLE = {"finished": "green", "running": "cyan", "submitted": "blue", "failed": "red", "interrupted": "yellow"}
+
+
+def _duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    m, s = divmod(int(round(seconds)), 60)
+    h, m = divmod(m, 60)
+    return f"{h}h{m:02d}m" if h else f"{m}m{s:02d}s" if m else f"{s}s"
+
+
+def status_table(doc: dict) -> Table:
+    """`ecmctl status`: one row per run (ecmctl.pipeline.status), the reason of a failure in one line."""
+    sweep = doc["kind"] == "sweep"
+    title = f"{doc['kind']} {doc['path']}" + (f": {doc['status']}" if doc.get("status") else "")
+    table = Table(title=escape(title), caption=escape("\n".join(doc["notes"])) or None)
+    jobs, reasons = (any(r[k] for r in doc["rows"]) for k in ("slurm_job", "reason"))
+    for col in ("#" if sweep else None, "overrides" if sweep else "run", "state", "iter", "loss", "ETA", "AP",
+                "APr", "job" if jobs else None, "reason" if reasons else None):
+        if col is not None:
+            table.add_column(col, justify="right" if col in ("#", "iter", "loss", "ETA", "AP", "APr") else "left",
+                             overflow="fold" if col == "reason" else "ellipsis", no_wrap=col != "reason")
+    for i, r in enumerate(doc["rows"]):
+        name = " ".join(r["overrides"]) if sweep else str(Path(r["run_dir"]).relative_to(Path(doc["path"]))
+                                                           if doc["kind"] == "run_root" else r["name"])
+        state = r["status"] or "-"
+        if r.get("attempts", 1) > 1:
+            state += f" (try {r['attempts']})"
+        it = "-" if r["iter"] is None else f"{r['iter']}/{r['max_iters'] or '?'}"
+        pct = ["-" if v is None else f"{100 * v:.1f}" for v in (r["AP"], r["APr"])]
+        table.add_row(*([str(i)] if sweep else []), escape(name),
+                      f"[{STATE_STYLE.get(r['status'], 'white')}]{escape(state)}[/]", it,
+                      "-" if r["loss"] is None else f"{r['loss']:.3f}", _duration(r["eta_s"]), *pct,
+                      *([escape(str(r["slurm_job"] or "-"))] if jobs else []),
+                      *([escape(r["reason"].splitlines()[0] if r["reason"] else "")] if reasons else []))
+    return table
