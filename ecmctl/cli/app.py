@@ -446,6 +446,8 @@ def status(
     if as_json:
         console.print_json(json.dumps(doc))
         return
+    for note in doc["notes"]:
+        _line(f"note: {note}")
     if not watch:
         console.print(status_table(doc))
         return
@@ -475,16 +477,15 @@ def retry(
     from ecmctl.pipeline.sweep import retry_sweep
 
     both = not failed and not interrupted
-    res = retry_sweep(sweep_dir, failed or both, interrupted or both, _say)
-    for job in res["not_retried"]:
-        _line(f"cannot resume (it failed before its run directory was ready; start it again with `ecmctl train`): "
-              f"{' '.join(job['overrides'])}: {job['reason']}")
-    if not res["retried"] and not res["not_retried"]:
-        what = "failed or interrupted" if both else "failed" if failed and not interrupted else (
-            "interrupted" if interrupted and not failed else "failed or interrupted")
+    retried = retry_sweep(sweep_dir, failed or both, interrupted or both, _say)
+    if not retried:
+        what = " or ".join(w for w, on in (("failed", failed or both), ("interrupted", interrupted or both)) if on)
         _line(f"nothing to retry: no {what} jobs in {sweep_dir}")
         return
     console.print(status_table(collect_status(sweep_dir)))
+    if bad := [e for e in retried if e["status"] == "failed"]:
+        raise UserError(f"{len(bad)} of {len(retried)} retried jobs failed again (first: "
+                        f"{' '.join(bad[0]['overrides'])}: {bad[0]['reason']}); see {sweep_dir / 'sweep.json'}")
 
 
 @app.command()

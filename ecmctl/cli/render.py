@@ -275,10 +275,11 @@ def _duration(seconds: float | None) -> str:
 
 
 def status_table(doc: dict) -> Table:
-    """`ecmctl status`: one row per run (ecmctl.pipeline.status), the reason of a failure in one line."""
+    """`ecmctl status`: one row per run (ecmctl.pipeline.status), the reason of a failure in one line (the
+    notes are printed below it, whole)."""
     sweep = doc["kind"] == "sweep"
     title = f"{doc['kind']} {doc['path']}" + (f": {doc['status']}" if doc.get("status") else "")
-    table = Table(title=escape(title), caption=escape("\n".join(doc["notes"])) or None)
+    table = Table(title=escape(title))
     jobs, reasons = (any(r[k] for r in doc["rows"]) for k in ("slurm_job", "reason"))
     for col in ("#" if sweep else None, "overrides" if sweep else "run", "state", "iter", "loss", "ETA", "AP",
                 "APr", "job" if jobs else None, "reason" if reasons else None):

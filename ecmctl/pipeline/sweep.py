@@ -117,32 +117,40 @@ def _open_sweep(sweep_dir: str | Path) -> tuple[Path, dict]:
 
 def _attempt(entry: dict) -> dict:
     """What an attempt left in the sweep's record (kept in `attempts` when the job is retried)."""
-    meta = RunDir(entry["run_dir"]).meta
-    return {k: v for k, v in {"status": entry["status"], "reason": entry.get("reason"),
+    meta = RunDir(entry["run_dir"]).meta if entry.get("run_dir") else {}
+    return {k: v for k, v in {"status": entry["status"], "reason": entry.get("reason"), "run_dir": entry.get("run_dir"),
                               "slurm_job": entry.get("slurm_job"), "started": meta.get("started"),
                               "stopped": meta.get("stopped")}.items() if v is not None}
 
 
-def retry_sweep(sweep_dir: str | Path, failed: bool = True, interrupted: bool = True, say=print) -> dict:
-    """Resubmit the sweep's failed and/or interrupted jobs with its launcher, each resuming from its own
-    last checkpoint (`ecmctl train --resume`); sweep.json keeps every earlier attempt. A job that failed
-    before its run directory was ready cannot resume and is named in `not_retried`."""
+def _resumable(entry: dict) -> bool:
+    run_dir = entry.get("run_dir")
+    return bool(run_dir) and (Path(run_dir) / MM_CONFIG).is_file() and (Path(run_dir) / HYDRA_CONFIG).is_file()
+
+
+def retry_sweep(sweep_dir: str | Path, failed: bool = True, interrupted: bool = True, say=print) -> list[dict]:
+    """Resubmit the sweep's failed and/or interrupted jobs (interrupted: with the jobs an interrupted local sweep
+    never started) with its launcher, each resuming from its own last checkpoint (`ecmctl train --resume`); a
+    job stopped before its run directory was ready starts again in a new one. sweep.json keeps every earlier
+    attempt. Returns the retried jobs' entries (empty: nothing to retry)."""
     root, summary = _open_sweep(sweep_dir)
-    wanted = {s for s, on in (("failed", failed), ("interrupted", interrupted)) if on}
+    wanted = {"failed"} if failed else set()
+    wanted |= {"interrupted", "not started"} if interrupted else set()
     picked = [e for e in summary["jobs"] if e["status"] in wanted]
-    ready = [e for e in picked if e.get("run_dir") and (Path(e["run_dir"]) / MM_CONFIG).is_file()
-             and (Path(e["run_dir"]) / HYDRA_CONFIG).is_file()]
-    result = {"sweep_json": str(root / SWEEP_JSON), "retried": [], "not_retried": [
-        {"overrides": e["overrides"], "reason": e.get("reason")} for e in picked if e not in ready]}
-    for i, entry in enumerate(ready):
+    for i, entry in enumerate(picked):
         entry.setdefault("attempts", []).append(_attempt(entry))
-        say(f"[{i + 1}/{len(ready)}] retrying {' '.join(entry['overrides'])}")
+        job = entry["overrides"]
+        say(f"[{i + 1}/{len(picked)}] retrying {' '.join(job)}")
+        resume = _resumable(entry)
         entry.update(status="running", reason=None, retried=now())
         entry.pop("traceback", None)
         atomic_write_json(root / SWEEP_JSON, summary)
         try:
-            run = training.resume(entry["run_dir"], say)
-            entry.update(status=run.meta["status"], slurm_job=run.meta.get("slurm_job"))
+            if resume:
+                run = training.resume(entry["run_dir"], say)
+            else:
+                run = training.train(compose(job), job, say, on_run=lambda r, e=entry: e.update(run_dir=str(r.path)))
+            entry.update(run_dir=str(run.path), status=run.meta["status"], slurm_job=run.meta.get("slurm_job"))
         except BaseException as e:
             if as_interrupt(e) is not None:
                 entry["status"] = "interrupted"
@@ -150,13 +158,11 @@ def retry_sweep(sweep_dir: str | Path, failed: bool = True, interrupted: bool = 
                 atomic_write_json(root / SWEEP_JSON, summary)
                 raise
             _failed(entry, e)
-            say(f"[{i + 1}/{len(ready)}] failed: {entry['reason']}")
-        result["retried"].append({"overrides": entry["overrides"], "run_dir": entry["run_dir"],
-                                  "status": entry["status"], "slurm_job": entry.get("slurm_job")})
+            say(f"[{i + 1}/{len(picked)}] failed: {entry['reason']}")
         atomic_write_json(root / SWEEP_JSON, summary)
     summary["status"] = sweep_state(summary["jobs"])
     atomic_write_json(root / SWEEP_JSON, summary)
-    return result
+    return picked
 
 
 def evaluate_sweep(sweep_dir: str | Path, overrides: list[str] = (), say=print) -> dict:
