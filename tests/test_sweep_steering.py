@@ -137,8 +137,9 @@ def test_bad_paths_and_nothing_to_retry(tmp_path):
     assert res.exit_code == 2 and "not a sweep directory" in res.output, res.output
     sweep = tmp_path / "sweep"
     sweep.mkdir()
+    job = {"overrides": ["seed=0"], "run_dir": None, "status": "finished"}
     atomic_write_json(sweep / "sweep.json", {"schema": SWEEP_SCHEMA, "overrides": ["seed=0"], "status": "finished",
-                                             "jobs": [{"overrides": ["seed=0"], "run_dir": None, "status": "finished"}]})
+                                             "jobs": [job]})
     res = CliRunner().invoke(app, ["retry", str(sweep), "--failed"])
     assert res.exit_code == 0 and "nothing to retry: no failed jobs" in res.output, res.output
     res = CliRunner().invoke(app, ["status", str(sweep), "--json", "--watch"])
