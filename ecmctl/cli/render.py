@@ -287,14 +287,12 @@ def status_table(doc: dict) -> Table:
             table.add_column(col, justify="right" if col in ("#", "iter", "loss", "ETA", "AP", "APr") else "left",
                              overflow="fold" if col == "reason" else "ellipsis", no_wrap=col != "reason")
     for i, r in enumerate(doc["rows"]):
-        name = " ".join(r["overrides"]) if sweep else str(Path(r["run_dir"]).relative_to(Path(doc["path"]))
-                                                           if doc["kind"] == "run_root" else r["name"])
         state = r["status"] or "-"
         if r.get("attempts", 1) > 1:
             state += f" (try {r['attempts']})"
         it = "-" if r["iter"] is None else f"{r['iter']}/{r['max_iters'] or '?'}"
         pct = ["-" if v is None else f"{100 * v:.1f}" for v in (r["AP"], r["APr"])]
-        table.add_row(*([str(i)] if sweep else []), escape(name),
+        table.add_row(*([str(i)] if sweep else []), escape(r["label"] or "-"),
                       f"[{STATE_STYLE.get(r['status'], 'white')}]{escape(state)}[/]", it,
                       "-" if r["loss"] is None else f"{r['loss']:.3f}", _duration(r["eta_s"]), *pct,
                       *([escape(str(r["slurm_job"] or "-"))] if jobs else []),

@@ -76,7 +76,10 @@ def reconcile(run: RunDir, job: str | None, slurm: SlurmQuery) -> dict:
         if end is None:
             return meta
         state, detail = end
-        status = "interrupted" if state.startswith("CANCELLED") else "failed"
+        # a job SLURM no longer knows (no accounting: `scontrol` forgets after MinJobAge, and a pending array task
+        # cancelled leaves no record) that never started could not fail: resumable, like a cancelled one
+        never_started = state == "UNKNOWN" and meta.get("status") == "submitted"
+        status = "interrupted" if state.startswith("CANCELLED") or never_started else "failed"
         reason = f"SLURM job {job}: {state}" + (f" ({detail})" if detail else "")
         if state == "COMPLETED":
             reason += ", without recording the run's end"
@@ -171,9 +174,14 @@ def collect_status(path: str | Path) -> dict:
                                              "max_iters": None, "loss": None, "eta_s": None, "AP": None,
                                              "APr": None, "metrics_checkpoint": None}
                 for e, row in zip(summary["jobs"], rows)]
+        common = set.intersection(*(set(e["overrides"]) for e in summary["jobs"])) if len(rows) > 1 else set()
         for e, row in zip(summary["jobs"], rows):
             row["overrides"] = e["overrides"]
+            row["label"] = " ".join(o for o in e["overrides"] if o not in common)  # what the sweep varies
             row["attempts"] = len(e.get("attempts", [])) + 1
+    else:
+        for row in rows:
+            row["label"] = str(Path(row["run_dir"]).relative_to(path)) if kind == "run_root" else row["name"]
     return {"path": str(path), "kind": kind, "status": summary["status"] if summary else None,
             "rows": rows, "notes": notes, "checked": now()}
 
