@@ -198,8 +198,10 @@ def sweep_table(summary: dict):
     reasons = any(job.get("reason") for job in summary["jobs"])
     for col in ("#", "overrides", "status", "run directory", *(["reason"] if reasons else [])):
         table.add_column(col)
-    for i, job in enumerate(summary["jobs"]):
-        table.add_row(str(i), escape(" ".join(job["overrides"])), job["status"], escape(job["run_dir"] or "-"),
+    from ecmctl.pipeline.status import job_labels
+
+    for i, (job, label) in enumerate(zip(summary["jobs"], job_labels(summary["jobs"]))):
+        table.add_row(str(i), escape(label), job["status"], escape(job["run_dir"] or "-"),
                       *([escape(job.get("reason") or "")] if reasons else []))
     return table
 

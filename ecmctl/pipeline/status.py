@@ -112,8 +112,9 @@ def _metrics(run: RunDir) -> dict:
 
 def run_row(run: RunDir, job: str | None, slurm: SlurmQuery) -> dict:
     meta = reconcile(run, job, slurm)
+    ended = meta.get("status") in ("failed", "interrupted")  # a resumed run's earlier reason is not its own
     return {"run_dir": str(run.path), "name": meta.get("name"), "status": meta.get("status"),
-            "reason": meta.get("reason"), "slurm_job": meta.get("slurm_job") or job,
+            "reason": meta.get("reason") if ended else None, "slurm_job": meta.get("slurm_job") or job,
             "launcher": meta.get("launcher"), **_progress(run, meta), **_metrics(run)}
 
 
@@ -146,6 +147,12 @@ def sync_sweep(root: Path, summary: dict, rows: list[dict | None]) -> dict:
     return summary
 
 
+def job_labels(jobs: list[dict]) -> list[str]:
+    """Each sweep job by the overrides the sweep varies (`loss=bce seed=0`), not the ones all jobs share."""
+    common = set.intersection(*(set(j["overrides"]) for j in jobs)) if len(jobs) > 1 else set()
+    return [" ".join(o for o in j["overrides"] if o not in common) for j in jobs]
+
+
 def collect_status(path: str | Path) -> dict:
     """The status document of a sweep directory, a run directory or a run_root (every run under it)."""
     path = Path(path)
@@ -174,11 +181,8 @@ def collect_status(path: str | Path) -> dict:
                                              "max_iters": None, "loss": None, "eta_s": None, "AP": None,
                                              "APr": None, "metrics_checkpoint": None}
                 for e, row in zip(summary["jobs"], rows)]
-        common = set.intersection(*(set(e["overrides"]) for e in summary["jobs"])) if len(rows) > 1 else set()
-        for e, row in zip(summary["jobs"], rows):
-            row["overrides"] = e["overrides"]
-            row["label"] = " ".join(o for o in e["overrides"] if o not in common)  # what the sweep varies
-            row["attempts"] = len(e.get("attempts", [])) + 1
+        for e, row, label in zip(summary["jobs"], rows, job_labels(summary["jobs"])):
+            row.update(overrides=e["overrides"], label=label, attempts=len(e.get("attempts", [])) + 1)
     else:
         for row in rows:
             row["label"] = str(Path(row["run_dir"]).relative_to(path)) if kind == "run_root" else row["name"]

@@ -23,7 +23,7 @@ from ecmctl.core.schemas import SWEEP_SCHEMA
 from ecmctl.launch import Task, train_task
 from ecmctl.launch.slurm import SlurmJob, slurm_executor
 from ecmctl.pipeline import train as training
-from ecmctl.pipeline.status import SWEEP_JSON, collect_status, sweep_state
+from ecmctl.pipeline.status import SWEEP_JSON, collect_status, job_labels, sweep_state
 
 
 def _failed(entry: dict, e: BaseException) -> None:
@@ -137,10 +137,11 @@ def retry_sweep(sweep_dir: str | Path, failed: bool = True, interrupted: bool = 
     wanted = {"failed"} if failed else set()
     wanted |= {"interrupted", "not started"} if interrupted else set()
     picked = [e for e in summary["jobs"] if e["status"] in wanted]
+    labels = dict(zip(map(id, summary["jobs"]), job_labels(summary["jobs"])))
     for i, entry in enumerate(picked):
         entry.setdefault("attempts", []).append(_attempt(entry))
         job = entry["overrides"]
-        say(f"[{i + 1}/{len(picked)}] retrying {' '.join(job)}")
+        say(f"[{i + 1}/{len(picked)}] retrying {labels[id(entry)]} ({entry['status']})")
         resume = _resumable(entry)
         entry.update(status="running", reason=None, retried=now())
         entry.pop("traceback", None)
