@@ -427,8 +427,7 @@ def status(
 ) -> None:
     """One row per run of a sweep, a run or a run_root: state, iteration, loss, ETA, AP/APr, failure reason.
 
-    Runs that say `running` or `submitted` are checked against SLURM (squeue, sacct) or their lock's holder;
-    dead ones are recorded failed or interrupted.
+    A `running` or `submitted` run is checked with SLURM or its lock; a dead one is recorded failed or interrupted.
 
     Examples: ecmctl status runs/sweeps/sweep/20261125-120000 --watch;  ecmctl status runs --json
     """
