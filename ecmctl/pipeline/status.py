@@ -154,7 +154,8 @@ def job_labels(jobs: list[dict]) -> list[str]:
 
 
 def collect_status(path: str | Path) -> dict:
-    """The status document of a sweep directory, a run directory or a run_root (every run under it)."""
+    """The status document of a sweep directory, a run directory, or a run_root or runs/<name> directory (every
+    run under it)."""
     path = Path(path)
     slurm = SlurmQuery()
     notes: list[str] = []
@@ -164,7 +165,8 @@ def collect_status(path: str | Path) -> dict:
                  e.get("slurm_job")) for e in summary["jobs"]]
     elif (path / RUN_JSON).is_file():
         kind, summary, runs = "run", None, [(RunDir(path), None)]
-    elif path.is_dir() and (found := sorted(p.parent for p in path.glob(f"*/*/{RUN_JSON}"))):
+    elif path.is_dir() and (found := sorted(p.parent for pattern in (f"*/{RUN_JSON}", f"*/*/{RUN_JSON}")
+                                            for p in path.glob(pattern))):  # runs/<name>/ or a run_root
         kind, summary, runs = "run_root", None, [(RunDir(p), None) for p in found]
     else:
         raise UserError(f"{path}: not a sweep directory (sweep.json), a run directory (run.json) or a run_root "
