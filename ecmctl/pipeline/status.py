@@ -106,8 +106,9 @@ def _metrics(run: RunDir) -> dict:
     p = run.path / METRICS_JSON
     if not p.is_file():
         return {"AP": None, "APr": None, "metrics_checkpoint": None}
-    box = load_json(p).get("bbox") or {}
-    return {"AP": box.get("AP"), "APr": box.get("APr"), "metrics_checkpoint": load_json(p).get("checkpoint")}
+    doc = load_json(p)
+    box = doc.get("bbox") or {}
+    return {"AP": box.get("AP"), "APr": box.get("APr"), "metrics_checkpoint": doc.get("checkpoint")}
 
 
 def run_row(run: RunDir, job: str | None, slurm: SlurmQuery) -> dict:
