@@ -410,7 +410,9 @@ def _eval_sweep(sweep_dir: Path, overrides: list[str], checkpoint: Path | None, 
         _line(f"skipped ({s['status']}): {' '.join(s['overrides'])}")
     if res["current"]:
         _line(f"{res['current']} run(s) already have metrics.json of their last checkpoint")
-    if not (res["evaluated"] or res["submitted"] or res["failed"]):
+    if res["queued"]:
+        _line(f"{res['queued']} run(s) have an evaluation job in the queue already")
+    if not (res["evaluated"] or res["submitted"] or res["failed"] or res["queued"]):
         _line(f"nothing to evaluate in {sweep_dir}")
     if res["failed"]:
         raise UserError(f"{len(res['failed'])} evaluation(s) failed (first: {res['failed'][0]['run_dir']}: "

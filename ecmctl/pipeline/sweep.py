@@ -23,7 +23,7 @@ from ecmctl.core.schemas import SWEEP_SCHEMA
 from ecmctl.launch import Task, train_task
 from ecmctl.launch.slurm import SlurmJob, slurm_executor
 from ecmctl.pipeline import train as training
-from ecmctl.pipeline.status import SWEEP_JSON, collect_status, job_labels, sweep_state
+from ecmctl.pipeline.status import SWEEP_JSON, SlurmQuery, collect_status, job_labels, sweep_state
 
 
 def _failed(entry: dict, e: BaseException) -> None:
@@ -169,16 +169,19 @@ def retry_sweep(sweep_dir: str | Path, failed: bool = True, interrupted: bool = 
 def evaluate_sweep(sweep_dir: str | Path, overrides: list[str] = (), say=print) -> dict:
     """`ecmctl eval SWEEP_DIR`: every finished run without a current metrics.json (one of its last
     checkpoint), evaluated with the sweep's launcher: SLURM as one job array (inference on the cluster's
-    GPUs; returns once it is queued), else one run after another here. Runs that have not finished are
-    named in `skipped`."""
+    GPUs; returns once it is queued; a run whose evaluation job is still queued is left to it), else one run
+    after another here. Runs that have not finished are named in `skipped`."""
     from ecmctl.pipeline.evaluate import eval_config, evaluate, has_current_metrics
 
     root, summary = _open_sweep(sweep_dir)
     runs = [e for e in summary["jobs"] if e.get("run_dir")]
     finished = [e for e in runs if RunDir(e["run_dir"]).meta.get("status") == "finished"]
-    todo = [e for e in finished if not has_current_metrics(RunDir(e["run_dir"]))]
+    slurm = SlurmQuery()
+    queued = [e for e in finished if (e.get("eval") or {}).get("slurm_job") and slurm.available
+              and slurm.end(e["eval"]["slurm_job"]) is None]  # an evaluation job of an earlier call, still queued
+    todo = [e for e in finished if e not in queued and not has_current_metrics(RunDir(e["run_dir"]))]
     result = {"sweep_json": str(root / SWEEP_JSON), "evaluated": [], "submitted": [], "failed": [],
-              "current": len(finished) - len(todo),
+              "current": len(finished) - len(todo) - len(queued), "queued": len(queued),
               "skipped": [{"overrides": e["overrides"], "status": e["status"]} for e in summary["jobs"]
                           if e not in finished]}
     if not todo:
