@@ -171,12 +171,12 @@ def test_slurm_sweep_is_a_job_array(overrides, tmp_path):
     assert json.loads(sweep_json.read_text())["jobs"] == summary["jobs"]
 
 
-def _until(check, timeout: float, what: str):
+def _until(check, timeout: float, what: str, poll: float = 1.0):
     deadline = time.time() + timeout
     while time.time() < deadline:
         if (value := check()):
             return value
-        time.sleep(1)
+        time.sleep(poll)
     pytest.fail(f"{what}: not after {timeout:.0f}s")
 
 
@@ -204,11 +204,13 @@ def test_sweep_jobs_killed_and_cancelled_are_shown_retried_and_evaluated(overrid
     from ecmctl.pipeline.status import collect_status, is_done
     from ecmctl.pipeline.sweep import evaluate_sweep, retry_sweep
 
-    summary = run_sweep([*overrides, *_slurm(tmp_path, "train.max_iters=12", "seed=0,1")], say=lambda m: None)
+    summary = run_sweep([*overrides, *_slurm(tmp_path, "train.max_iters=30", "train.checkpoint_interval=3",
+                                             "seed=0,1")], say=lambda m: None)
     sweep_dir = Path(summary["sweep_json"]).parent
     killed, cancelled = summary["jobs"]
     subprocess.run(["scancel", cancelled["slurm_job"]], check=True, timeout=30)
-    _until(lambda: (Path(killed["run_dir"]) / "iter_2.pth").is_file(), 300, "the first job's checkpoint")
+    # killed at its first checkpoint (CheckpointHook keeps 2: a later poll might not see iter_3.pth)
+    _until(lambda: list(Path(killed["run_dir"]).glob("iter_*.pth")), 300, "the first job's checkpoint", poll=0.1)
     _kill_processes(killed["slurm_job"])
     _until(lambda: not _in_queue(killed["slurm_job"]) and not _in_queue(cancelled["slurm_job"]), 120, "jobs gone")
     assert RunDir(killed["run_dir"]).meta["status"] == "running"  # nothing could record the end
@@ -228,7 +230,7 @@ def test_sweep_jobs_killed_and_cancelled_are_shown_retried_and_evaluated(overrid
     assert [r["status"] for r in doc["rows"]] == ["finished", "finished"], doc
     jobs = json.loads((sweep_dir / "sweep.json").read_text())["jobs"]
     assert [[a["status"] for a in j["attempts"]] for j in jobs] == [["failed"], ["interrupted"]]
-    assert all(finished_iters(j["run_dir"]) == 12 for j in jobs)
+    assert all(finished_iters(j["run_dir"]) == 30 for j in jobs)
     assert "resumed epoch" in "".join(_logs(RunDir(killed["run_dir"])))  # from its own checkpoint
 
     res = evaluate_sweep(sweep_dir, say=lambda m: None)
