@@ -616,7 +616,7 @@ WALK = {
                 ["weights", "COUNTS", "--min-count", "0", "-o", "OUTW"]],
     "calibrate": [["calibrate", "loss=nope"], ["calibrate", "calibrate.rel_tol=-1"], ["calibrate", "--bogus"]],
     "train": [["train", "loss=nope"], ["train", "--resume", "MISSING"], ["train", "-m", "--mmdet-config", "x.py"],
-              ["train", "seed=[1,2"]],
+              ["train", "seed=[1,2"], ["train", "tracking=nope"], ["train", "tracking.mode=sometimes"]],
     "recipes": [["recipes", "x"]],
     "prefetch": [["prefetch", "recipe=nope"], ["prefetch", "detector.pretrained=MISSING"]],
     "eval": [["eval"], ["eval", "MISSING"], ["eval", "RUN", "--checkpoint", "ANN"]],
@@ -624,6 +624,9 @@ WALK = {
     "report": [["report"], ["report", "MISSING"], ["report", "RUN", "-o", "RUN"]],
     "compare": [["compare"], ["compare", "MISSING"], ["compare", "RUN"], ["compare", "RUN", "--by", "nope"],
                 ["compare", "RUN", "-o", "RUN"]],
+    "status": [["status", "MISSING"], ["status", "ANN"], ["status", "RUN", "--json", "--watch"],
+               ["status", "RUN", "--interval", "x"]],
+    "retry": [["retry"], ["retry", "MISSING"], ["retry", "RUN"], ["retry", "RUN", "--bogus"]],
 }
 
 

@@ -77,7 +77,7 @@ def test_native_keeps_the_configs_recipe_and_swaps_data_classes_loss(data_root, 
     assert mm.train_cfg.get("dynamic_intervals") == ref.train_cfg.get("dynamic_intervals")
     # the recipe's hooks, then ecmctl's; ecmctl's checkpoints and logging
     recipe_hooks = [h.type for h in ref.get("custom_hooks") or []]
-    assert [h.type for h in mm.custom_hooks] == [*recipe_hooks, "ecmctl.ProgressHook"]
+    assert [h.type for h in mm.custom_hooks] == [*recipe_hooks, "ecmctl.ProgressHook", "ecmctl.RunProgressHook"]
     ckpt = mm.default_hooks.checkpoint  # iterations (train.checkpoint_interval), not the config's epochs
     assert (ckpt.by_epoch, ckpt.interval, ckpt.save_last) == (False, 5000, True)
     # data: the config's pipelines and wrappers around ecmctl's LVIS-format dataset, with its classes
@@ -189,7 +189,8 @@ def test_ecmctl_schedules_are_unchanged(data_root, tmp_path):
     assert cfg.schedule.name == "smoke" and cfg.schedule.native is False
     mm = build_mm_config(cfg, class_names_without_data(cfg), tmp_path)
     assert mm.optim_wrapper.optimizer.type == "SGD" and mm.train_cfg.type == "IterBasedTrainLoop"
-    assert mm.train_dataloader.dataset.type == "LVISV1Dataset" and mm.custom_hooks == [dict(type="ecmctl.ProgressHook")]
+    assert mm.train_dataloader.dataset.type == "LVISV1Dataset"
+    assert mm.custom_hooks == [dict(type="ecmctl.ProgressHook"), dict(type="ecmctl.RunProgressHook")]
 
 
 def test_a_config_without_a_training_recipe_is_refused(tmp_path):

@@ -5,9 +5,12 @@ CI starts the cluster before the tests (.ci/run); without `sinfo` on PATH the mo
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import re
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -166,3 +169,73 @@ def test_slurm_sweep_is_a_job_array(overrides, tmp_path):
         assert finished_iters(run.path) == 2
     (sweep_json,) = list((tmp_path / "runs" / "sweeps" / "sweep").glob("*/sweep.json"))
     assert json.loads(sweep_json.read_text())["jobs"] == summary["jobs"]
+
+
+def _until(check, timeout: float, what: str, poll: float = 1.0):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if (value := check()):
+            return value
+        time.sleep(poll)
+    pytest.fail(f"{what}: not after {timeout:.0f}s")
+
+
+def _kill_processes(job_id: str) -> None:
+    """SIGKILL to every process of array task `job_id` (N_i), found by its SLURM environment, as the kernel's OOM
+    killer would kill them (`scancel --signal=KILL` would make SLURM record the job CANCELLED)."""
+    array, task = job_id.split("_")
+    want = {f"SLURM_ARRAY_JOB_ID={array}".encode(), f"SLURM_ARRAY_TASK_ID={task}".encode()}
+    killed = 0
+    for proc in Path("/proc").iterdir():
+        with contextlib.suppress(OSError):
+            if proc.name.isdigit() and want <= set((proc / "environ").read_bytes().split(b"\0")):
+                os.kill(int(proc.name), signal.SIGKILL)
+                killed += 1
+    assert killed, f"no process of job {job_id}"
+
+
+def test_sweep_jobs_killed_and_cancelled_are_shown_retried_and_evaluated(overrides, tmp_path, monkeypatch):
+    """One job of the array is killed (SIGKILL: nothing records its end, run.json stays `running`), the other
+    cancelled: `status` shows the first failed with SLURM's state and the second interrupted; `retry` brings
+    both to finished from their checkpoints; `eval SWEEP` evaluates both as one job array."""
+    from typer.testing import CliRunner
+
+    from ecmctl.cli.app import app
+    from ecmctl.pipeline.status import collect_status, is_done
+    from ecmctl.pipeline.sweep import evaluate_sweep, retry_sweep
+
+    summary = run_sweep([*overrides, *_slurm(tmp_path, "train.max_iters=30", "train.checkpoint_interval=3",
+                                             "seed=0,1")], say=lambda m: None)
+    sweep_dir = Path(summary["sweep_json"]).parent
+    killed, cancelled = summary["jobs"]
+    subprocess.run(["scancel", cancelled["slurm_job"]], check=True, timeout=30)
+    # killed at its first checkpoint (CheckpointHook keeps 2: a later poll might not see iter_3.pth)
+    _until(lambda: list(Path(killed["run_dir"]).glob("iter_*.pth")), 300, "the first job's checkpoint", poll=0.1)
+    _kill_processes(killed["slurm_job"])
+    _until(lambda: not _in_queue(killed["slurm_job"]) and not _in_queue(cancelled["slurm_job"]), 120, "jobs gone")
+    assert RunDir(killed["run_dir"]).meta["status"] == "running"  # nothing could record the end
+
+    doc = collect_status(sweep_dir)
+    (k, c) = doc["rows"]
+    assert k["status"] == "failed" and k["reason"].startswith(f"SLURM job {killed['slurm_job']}: FAILED"), k
+    assert c["status"] == "interrupted", c
+    assert RunDir(killed["run_dir"]).meta["status"] == "failed"  # recorded, in run.json and sweep.json
+    assert [j["status"] for j in json.loads((sweep_dir / "sweep.json").read_text())["jobs"]] == ["failed",
+                                                                                              "interrupted"]
+    monkeypatch.setenv("COLUMNS", "160")
+    print(CliRunner().invoke(app, ["status", str(sweep_dir)]).output)  # as the README shows it
+
+    assert len(retry_sweep(sweep_dir, say=lambda m: None)) == 2
+    doc = _until(lambda: d if is_done(d := collect_status(sweep_dir)) else None, 420, "retried jobs")
+    assert [r["status"] for r in doc["rows"]] == ["finished", "finished"], doc
+    jobs = json.loads((sweep_dir / "sweep.json").read_text())["jobs"]
+    assert [[a["status"] for a in j["attempts"]] for j in jobs] == [["failed"], ["interrupted"]]
+    assert all(finished_iters(j["run_dir"]) == 30 for j in jobs)
+    assert "resumed epoch" in "".join(_logs(RunDir(killed["run_dir"])))  # from its own checkpoint
+
+    res = evaluate_sweep(sweep_dir, say=lambda m: None)
+    assert len(res["submitted"]) == 2 and len({j["slurm_job"].split("_")[0] for j in res["submitted"]}) == 1
+    _until(lambda: all((Path(j["run_dir"]) / "metrics.json").is_file() for j in jobs), 300, "metrics.json")
+    doc = collect_status(sweep_dir)
+    assert all(r["AP"] is not None for r in doc["rows"])
+    print(CliRunner().invoke(app, ["status", str(sweep_dir)]).output)

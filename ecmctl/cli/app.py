@@ -336,7 +336,8 @@ def prefetch(overrides: list[str] | None = OVERRIDES) -> None:
 @app.command("eval")
 @user_errors
 def eval_cmd(
-    run_dirs: list[Path] | None = typer.Argument(None, help="Run directories (compared side by side).",
+    run_dirs: list[Path] | None = typer.Argument(None, help="Run directories (compared side by side), or one "
+                                                 "sweep directory.",
                                                  show_default=False),
     checkpoint: Path | None = typer.Option(None, "--checkpoint", help="Checkpoint (default: the run's last)."),
     overrides: list[str] | None = typer.Option(None, "--set", help="eval.* override, e.g. eval.protocol=fixed"),
@@ -353,7 +354,10 @@ def eval_cmd(
 ) -> None:
     """LVIS evaluation (AP, APr/APc/APf, box and mask; Fixed/Pooled AP) -> metrics.json and a table.
 
+    A sweep directory: its finished runs without current metrics (SLURM: one job array).
+
     Examples: ecmctl eval runs/ecm_r50_1x-lvis_v1/20261125-120000;  ecmctl eval RUN_A RUN_B --reuse;
+    ecmctl eval runs/sweeps/sweep/20261125-120000;
     ecmctl eval RUN --set eval.protocol=fixed;  ecmctl eval RUN --reuse-detections --set eval.protocol=pooled;
     ecmctl eval --gt lvis_v1_val.json --results detections.json --iou segm -o metrics.json;
     ecmctl eval RUN --reuse-detections --gt val_subset.json -o subset_metrics.json
@@ -376,6 +380,9 @@ def eval_cmd(
         return
     if not run_dirs:
         raise UserError("give run directories, or --gt ANNOTATIONS --results RESULTS")
+    if len(run_dirs) == 1 and (run_dirs[0] / "sweep.json").is_file():
+        _eval_sweep(run_dirs[0], overrides or [], checkpoint, reuse or reuse_detections or gt is not None)
+        return
     if checkpoint is not None and len(run_dirs) > 1:
         raise UserError("--checkpoint applies to a single run directory")
     if reuse and (reuse_detections or checkpoint is not None or overrides):
@@ -390,6 +397,102 @@ def eval_cmd(
         _line(note)
     for r in run_dirs:
         _line(f"read {Path(r) / 'metrics.json'}" if reuse else f"wrote {out or Path(r) / 'metrics.json'}")
+
+
+def _eval_sweep(sweep_dir: Path, overrides: list[str], checkpoint: Path | None, other: bool) -> None:
+    """`ecmctl eval SWEEP_DIR`: its finished runs without current metrics (pipeline.sweep.evaluate_sweep)."""
+    from ecmctl.cli.render import metrics_table
+    from ecmctl.pipeline.sweep import evaluate_sweep
+
+    if checkpoint is not None or other:
+        raise UserError(f"{sweep_dir}: a sweep is evaluated run by run from each run's last checkpoint; --checkpoint, "
+                        "--reuse, --reuse-detections and --gt take run directories")
+    res = evaluate_sweep(sweep_dir, overrides, _say)
+    if res["evaluated"]:
+        console.print(metrics_table(res["evaluated"]))
+    for job in res["submitted"]:
+        _line(f"submitted: {job['run_dir']} (job {job['slurm_job']})")
+    for s in res["skipped"]:
+        _line(f"skipped ({s['status']}): {' '.join(s['overrides'])}")
+    if res["current"]:
+        _line(f"{res['current']} run(s) already have metrics.json of their last checkpoint")
+    if res["queued"]:
+        _line(f"{res['queued']} run(s) have an evaluation job in the queue already")
+    if not (res["evaluated"] or res["submitted"] or res["failed"] or res["queued"]):
+        _line(f"nothing to evaluate in {sweep_dir}")
+    if res["failed"]:
+        raise UserError(f"{len(res['failed'])} evaluation(s) failed (first: {res['failed'][0]['run_dir']}: "
+                        f"{res['failed'][0]['reason']}); see {res['sweep_json']}")
+
+
+@app.command()
+@user_errors
+def status(
+    path: Path = typer.Argument(Path("runs"), help="A sweep directory, a run directory or a run_root."),
+    watch: bool = typer.Option(False, "--watch", help="Refresh until every run has ended (Ctrl-C stops watching)."),
+    interval: float = typer.Option(5.0, "--interval", help="Seconds between refreshes with --watch."),
+    as_json: bool = typer.Option(False, "--json", help="Print the status as JSON instead of a table."),
+) -> None:
+    """One row per run of a sweep, a run or a run_root: state, iteration, loss, ETA, AP/APr, failure reason.
+
+    A `running` or `submitted` run is checked with SLURM or its lock; a dead one is recorded failed or interrupted.
+
+    Examples: ecmctl status runs/sweeps/sweep/20261125-120000 --watch;  ecmctl status runs --json
+    """
+    import json
+    import time
+
+    from rich.live import Live
+
+    from ecmctl.cli.render import status_table
+    from ecmctl.pipeline.status import collect_status, is_done
+
+    if as_json and watch:
+        raise UserError("--json prints the status once: leave out --watch")
+    doc = collect_status(path)
+    if as_json:
+        console.print_json(json.dumps(doc))
+        return
+    for note in doc["notes"]:
+        _line(f"note: {note}")
+    if not watch:
+        console.print(status_table(doc))
+        return
+    with Live(status_table(doc), console=console, auto_refresh=False) as live:
+        while not is_done(doc):
+            time.sleep(max(0.5, interval))
+            doc = collect_status(path)
+            live.update(status_table(doc), refresh=True)
+
+
+@app.command()
+@user_errors
+def retry(
+    sweep_dir: Path = typer.Argument(..., help="A sweep directory (sweep.json)."),
+    failed: bool = typer.Option(False, "--failed", help="Retry the failed jobs."),
+    interrupted: bool = typer.Option(False, "--interrupted", help="Retry the interrupted jobs (neither flag: both)."),
+    verbose: bool = VERBOSE,
+) -> None:
+    """Resubmit a sweep's failed and/or interrupted jobs, each resuming from its own last checkpoint.
+
+    The sweep's launcher is used; sweep.json keeps every attempt.
+
+    Examples: ecmctl retry runs/sweeps/sweep/20261125-120000;  ecmctl retry SWEEP_DIR --failed
+    """
+    from ecmctl.cli.render import status_table
+    from ecmctl.pipeline.status import collect_status
+    from ecmctl.pipeline.sweep import retry_sweep
+
+    both = not failed and not interrupted
+    retried = retry_sweep(sweep_dir, failed or both, interrupted or both, _say)
+    if not retried:
+        what = " or ".join(w for w, on in (("failed", failed or both), ("interrupted", interrupted or both)) if on)
+        _line(f"nothing to retry: no {what} jobs in {sweep_dir}")
+        return
+    console.print(status_table(collect_status(sweep_dir)))
+    if bad := [e for e in retried if e["status"] == "failed"]:
+        raise UserError(f"{len(bad)} of {len(retried)} retried jobs failed again (first: "
+                        f"{' '.join(bad[0]['overrides'])}: {bad[0]['reason']}); see {sweep_dir / 'sweep.json'}")
 
 
 @app.command()

@@ -198,8 +198,10 @@ def sweep_table(summary: dict):
     reasons = any(job.get("reason") for job in summary["jobs"])
     for col in ("#", "overrides", "status", "run directory", *(["reason"] if reasons else [])):
         table.add_column(col)
-    for i, job in enumerate(summary["jobs"]):
-        table.add_row(str(i), escape(" ".join(job["overrides"])), job["status"], escape(job["run_dir"] or "-"),
+    from ecmctl.pipeline.status import job_labels
+
+    for i, (job, label) in enumerate(zip(summary["jobs"], job_labels(summary["jobs"]))):
+        table.add_row(str(i), escape(label), job["status"], escape(job["run_dir"] or "-"),
                       *([escape(job.get("reason") or "")] if reasons else []))
     return table
 
@@ -260,4 +262,41 @@ def recipes_table(recipes) -> Table:
         box, mask = ("-" if v is None else f"{v:.1f}" for v in (r.paper_bbox, r.paper_segm))
         paper = "-" if r.paper_bbox is None and r.paper_segm is None else f"{box} / {mask}"  # one may be unpublished
         table.add_row(r.name, r.detector, r.loss, r.schedule, f"{r.gpus} x {r.images_per_gpu}", paper)
+    return table
+
+
+STATE_STYLE = {"finished": "green", "running": "cyan", "submitted": "blue", "failed": "red", "interrupted": "yellow"}
+
+
+def _duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    m, s = divmod(int(round(seconds)), 60)
+    h, m = divmod(m, 60)
+    return f"{h}h{m:02d}m" if h else f"{m}m{s:02d}s" if m else f"{s}s"
+
+
+def status_table(doc: dict) -> Table:
+    """`ecmctl status`: one row per run (ecmctl.pipeline.status), the reason of a failure in one line (the
+    notes are printed below it, whole)."""
+    sweep = doc["kind"] == "sweep"
+    title = f"{doc['kind']} {doc['path']}" + (f": {doc['status']}" if doc.get("status") else "")
+    table = Table(title=escape(title))
+    jobs, reasons = (any(r[k] for r in doc["rows"]) for k in ("slurm_job", "reason"))
+    for col in ("#" if sweep else None, "overrides" if sweep else "run", "state", "iter", "loss", "ETA", "AP",
+                "APr", "job" if jobs else None, "reason" if reasons else None):
+        if col is not None:
+            table.add_column(col, justify="right" if col in ("#", "iter", "loss", "ETA", "AP", "APr") else "left",
+                             overflow="fold" if col == "reason" else "ellipsis", no_wrap=col != "reason")
+    for i, r in enumerate(doc["rows"]):
+        state = r["status"] or "-"
+        if r.get("attempts", 1) > 1:
+            state += f" (try {r['attempts']})"
+        it = "-" if r["iter"] is None else f"{r['iter']}/{r['max_iters'] or '?'}"
+        pct = ["-" if v is None else f"{100 * v:.1f}" for v in (r["AP"], r["APr"])]
+        table.add_row(*([str(i)] if sweep else []), escape(r["label"] or "-"),
+                      f"[{STATE_STYLE.get(r['status'], 'white')}]{escape(state)}[/]", it,
+                      "-" if r["loss"] is None else f"{r['loss']:.3f}", _duration(r["eta_s"]), *pct,
+                      *([escape(str(r["slurm_job"] or "-"))] if jobs else []),
+                      *([escape(r["reason"].splitlines()[0] if r["reason"] else "")] if reasons else []))
     return table

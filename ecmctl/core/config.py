@@ -11,7 +11,7 @@ from omegaconf import DictConfig, OmegaConf
 from ecmctl.core.config_schema import validate
 from ecmctl.core.errors import UserError, first_line
 
-GROUPS = ("dataset", "detector", "loss", "schedule", "launcher", "recipe")
+GROUPS = ("dataset", "detector", "loss", "schedule", "launcher", "tracking", "recipe")
 
 
 def _stem(path: str) -> str:

@@ -210,6 +210,19 @@ class TrainConf:
     amp_dtype: str = rule("auto", choices=("auto", "bfloat16", "float16"))
     log_level: str = rule("INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
     progress: bool = True
+    eval_after: bool = False  # `ecmctl eval` at the end of the training job (a sweep ends with metrics)
+
+
+@dataclass
+class TrackingConf:
+    """Where a run's scalars, config, ECM inputs and final metrics go (conf/tracking/, engine/tracking.py)."""
+
+    name: str = rule("tensorboard", choices=("tensorboard", "wandb", "mlflow"))
+    project: str = "ecmctl"  # wandb
+    entity: str | None = None  # wandb
+    mode: str | None = rule(None, choices=("online", "offline"))  # wandb; null: WANDB_MODE, else online
+    uri: str | None = None  # mlflow; null: the file store <run_root>/mlruns
+    experiment: str = "ecmctl"  # mlflow
 
 
 @dataclass
@@ -261,6 +274,7 @@ class RootConf:
     weights_file: Any = None  # a path, or one path per Cascade stage
     allow_foreign_weights: bool = False  # counts/weights made from another annotation file than the dataset's
     train: TrainConf = field(default_factory=TrainConf)
+    tracking: TrackingConf = field(default_factory=TrackingConf)
     calibrate: CalibrateConf = field(default_factory=CalibrateConf)
     eval: EvalConf = field(default_factory=EvalConf)
     demo: DemoConf = field(default_factory=DemoConf)

@@ -42,7 +42,8 @@ KNOWN_WARNINGS: tuple[tuple[type[Warning], str], ...] = (
 # mmengine log records (logger "mmengine") that are deprecation notices, kept out of the console only
 KNOWN_LOG_NOISE = re.compile(
     r'"FileClient" will be deprecated|"HardDiskBackend" is the alias of "LocalBackend"|'
-    r"is deprecated|will be deprecated")
+    r"is deprecated|will be deprecated|"
+    r"Please make sure that the mlflow server is running")  # said for every tracking URI, a file store too
 
 
 _installed: list = []

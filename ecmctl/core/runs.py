@@ -26,6 +26,7 @@ from ecmctl.core.schemas import RUN_SCHEMA
 RUN_JSON = "run.json"
 HYDRA_CONFIG = "config.yaml"
 MM_CONFIG = "mmdet_config.py"
+PROGRESS_JSON = "progress.json"  # iteration, loss, time per iteration: written while training, read by `status`
 
 
 def now() -> str:

@@ -176,9 +176,12 @@ def build_mm_config(cfg: DictConfig, classes: Sequence[str], work_dir: str | Pat
         visualization=dict(type="DetVisualizationHook"))
     mm.log_processor = dict(type="LogProcessor", window_size=20, by_epoch=bool(sch.by_epoch))
     mm.log_level = str(tr.log_level)
-    mm.custom_hooks = [dict(type="ecmctl.ProgressHook")] if tr.progress else []
-    mm.visualizer = dict(type="DetLocalVisualizer",
-                         vis_backends=[dict(type="LocalVisBackend"), dict(type="TensorboardVisBackend")])
+    from ecmctl.engine.tracking import vis_backends
+
+    mm.custom_hooks = ([dict(type="ecmctl.ProgressHook")] if tr.progress else []) + [
+        dict(type="ecmctl.RunProgressHook"), *([dict(type="ecmctl.TrackerHook")] if cfg.tracking.name != "tensorboard"
+                                              else [])]
+    mm.visualizer = dict(type="DetLocalVisualizer", vis_backends=vis_backends(cfg, work_dir))
     mm.randomness = dict(seed=int(cfg.seed), deterministic=False)
     mm.env_cfg = dict(cudnn_benchmark=False, mp_cfg=dict(mp_start_method="fork", opencv_num_threads=0),
                       dist_cfg=dict(backend="nccl"))  # gloo is chosen at run time on CPU hosts

@@ -45,7 +45,7 @@ def make_runner(mm):
     from mmengine.runner import Runner
 
     from ecmctl import losses  # noqa: F401  (registries, for in-memory configs too)
-    from ecmctl.engine import atomic_backend, compat, hooks, loops, lvis_stream_metric  # noqa: F401
+    from ecmctl.engine import atomic_backend, compat, hooks, loops, lvis_stream_metric, tracking  # noqa: F401
 
     class QuietRunner(Runner):
         def build_logger(self, *args, **kwargs):

@@ -16,9 +16,11 @@ from ecmctl.launch.task import Task, eval_task, train_task
 __all__ = ["Task", "launch", "eval_task", "train_task", "world_size"]
 
 
-def launch(task: Task, launcher: DictConfig, say, device: str = "auto") -> None:
+def launch(task: Task, launcher: DictConfig, say, device: str = "auto", after: Task | None = None):
     """Run `task` with the configured launcher: `local` in this process, `torchrun` on every rank of
-    a torchrun job (waits for it), `slurm` as a submitted job (returns once it is queued)."""
+    a torchrun job (waits for it), `slurm` as a submitted job (returns the submitit job once it is queued).
+    `after` (slurm): what the job runs on rank 0 once the task finished; local and torchrun callers run it
+    themselves, after recording the run."""
     name = launcher.name
     if name == "local":
         if device == "cpu":
@@ -31,7 +33,7 @@ def launch(task: Task, launcher: DictConfig, say, device: str = "auto") -> None:
     elif name == "slurm":
         from ecmctl.launch.slurm import submit_slurm
 
-        submit_slurm(task, launcher, say)
+        return submit_slurm(task, launcher, say, after)
     else:
         raise UserError(f"unknown launcher {name!r}; valid: local, torchrun, slurm")
 

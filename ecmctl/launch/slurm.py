@@ -15,10 +15,12 @@ from ecmctl.launch.task import Task
 
 class SlurmJob:
     """A submitit callable running a `Task` on every SLURM task (one per GPU); it marks the run directory
-    running, then finished, and on preemption or timeout requeues itself with the task resumed."""
+    running, then finished, and on preemption or timeout requeues itself with the task resumed; then runs
+    `after` on rank 0."""
 
-    def __init__(self, task: Task) -> None:
+    def __init__(self, task: Task, after: Task | None = None) -> None:
         self.task = task
+        self.after = after  # run on rank 0 once the run finished (train.eval_after: its evaluation)
 
     def __call__(self) -> str:
         from ecmctl.core.quiet import install_warning_filters
@@ -61,12 +63,14 @@ class SlurmJob:
             signal.alarm(0)
         if rank0:
             run.update(status="finished", finished=now(), checkpoint=run.relative(run.last_checkpoint()))
+            if self.after is not None:
+                self.after.run()
         return task.run_dir
 
     def checkpoint(self):  # submitit calls this on preemption/timeout (SIGUSR2), then requeues the job
         import submitit
 
-        return submitit.helpers.DelayedSubmission(SlurmJob(self.task.resumed()))
+        return submitit.helpers.DelayedSubmission(SlurmJob(self.task.resumed(), self.after))
 
 
 PREEMPTION_GRACE_S = 30
@@ -145,8 +149,8 @@ def slurm_executor(lc: DictConfig, folder: str | Path, cluster: str | None = Non
     return ex
 
 
-def submit_slurm(task: Task, lc: DictConfig, say):
+def submit_slurm(task: Task, lc: DictConfig, say, after: Task | None = None):
     ex = slurm_executor(lc, lc.folder)
-    job = ex.submit(SlurmJob(task))
+    job = ex.submit(SlurmJob(task, after))
     say(f"submitted {ex.cluster} job {job.job_id}; logs in {lc.folder}")
     return job

@@ -45,7 +45,7 @@ PAIR_KEY = "seed"
 # names, paths and display settings do not change results; eval.* is checked from metrics.json's own record
 NATURAL_KEYS = ("seed", "name", "run_dir", "run_root", "data_root", "device", "counts_file", "weights_file",
                 "dataset.root", "dataset.train_ann", "dataset.val_ann", "train.progress", "train.log_level",
-                "eval", "demo")
+                "train.eval_after", "tracking", "eval", "demo")
 ABSENT = "(absent)"  # a key a run's config does not have (written by an older ecmctl)
 FIGURE_TITLE = "AP by frequency group over seeds"
 FIGURE_NOTE = "bars: mean over seeds; points: one per seed"

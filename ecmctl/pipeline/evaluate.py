@@ -18,7 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 from ecmctl.core.checkpoint_record import verify_checkpoint
 from ecmctl.core.config_schema import validate
 from ecmctl.core.environment import require_device
-from ecmctl.core.errors import UserError
+from ecmctl.core.errors import UserError, as_interrupt, first_line
 from ecmctl.core.io import atomic_write_json, atomic_write_text, check_output, load_schema, make_dirs, sha256_file
 from ecmctl.core.metrics_identity import METRICS_JSON, METRICS_PREV_JSON, check_not_run_metrics, check_own_metrics
 from ecmctl.core.runs import HYDRA_CONFIG, MM_CONFIG, RunDir, now
@@ -174,6 +174,7 @@ def evaluate(run_dir: str | Path, checkpoint: str | Path | None = None, override
         _publish(run, scratch, doc, partial)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
+    _track(run, doc, say)
     return doc
 
 
@@ -205,6 +206,44 @@ def _publish(run: RunDir, scratch: Path, doc: dict, detections: Path | None) -> 
             if logs.is_dir() and logs.name != "replaced-detections" and not (eval_dir / logs.name).exists():
                 os.rename(logs, eval_dir / logs.name)
         write_metrics(run.path, doc)
+
+
+def _track(run: RunDir, doc: dict, say) -> None:
+    """The final metrics to the run's tracker (W&B, MLflow), when it has one; metrics.json is written already,
+    so a tracker that cannot be reached is said, not raised."""
+    tracker = run.meta.get("tracker")
+    if not tracker:
+        return
+    from ecmctl.engine.tracking import log_final_metrics
+
+    try:
+        line = log_final_metrics(tracker, doc)
+    except Exception as e:
+        if as_interrupt(e) is not None:
+            raise
+        say(f"the metrics did not reach {tracker['name']}: {first_line(e)}")
+        return
+    say(line)
+
+
+def evaluate_after_training(run_dir: str | Path, say=print) -> dict | None:
+    """train.eval_after=true, once training finished (in the SLURM job): the run's evaluation. A failure is
+    said and recorded in run.json (`eval_error`), and the training run stays finished."""
+    try:
+        return evaluate(run_dir, say=say)
+    except Exception as e:
+        if as_interrupt(e) is not None:
+            raise
+        RunDir(run_dir).update(eval_error=first_line(e))
+        say(f"evaluation after training failed: {first_line(e)}; evaluate with `ecmctl eval {run_dir}`")
+        return None
+
+
+def has_current_metrics(run: RunDir) -> bool:
+    """Whether metrics.json evaluates the run's last checkpoint (`ecmctl eval SWEEP` skips those runs)."""
+    path = run.path / METRICS_JSON
+    last = run.last_checkpoint()
+    return path.is_file() and last is not None and json.loads(path.read_text()).get("checkpoint") == run.relative(last)
 
 
 def _rescore(run: RunDir, cfg: DictConfig, say, gt: str | Path | None = None, out: str | Path | None = None) -> dict:

@@ -21,7 +21,7 @@ from ecmctl.ecm.weights import EVERY_WEIGHTS_FILE, weights_file_names
 from ecmctl.engine.builder import base_config, build_mm_config, pretrained_checkpoint
 from ecmctl.engine.checkpoints import ensure_checkpoint, read_state_dict
 from ecmctl.engine.placement import Placement, check_loss, drop_semantic_branch, model_has_masks, plan_placement
-from ecmctl.launch import launch, train_task
+from ecmctl.launch import Task, launch, train_task
 from ecmctl.pipeline.calibrate import run_calibration
 from ecmctl.pipeline.prepare import (
     Say,
@@ -69,7 +69,10 @@ class RunPlan:
 def plan_run(cfg: DictConfig) -> RunPlan:
     """Classification sites, batch/lr and backbone checkpoint; refuses what cannot run (a head ECM or the chosen
     loss cannot reach, device, strict recipe) before anything is written."""
+    from ecmctl.engine.tracking import require_tracker  # mmengine's visualizer backends: imported when used
+
     require_device(cfg.device)
+    require_tracker(cfg.tracking.name)
     mm = base_config(cfg)
     dropped = drop_semantic_branch(mm.model)
     placement = plan_placement(mm.model)
@@ -328,10 +331,13 @@ def launch_run(run: RunDir, cfg: DictConfig, resume: bool, say: Say) -> RunDir:
     """Launch the run's training and record how it ended: finished, failed (with the reason) or interrupted
     (SIGTERM too, from the first second). A SLURM run's lock passes to its job once submitted."""
     slurm = cfg.launcher.name == "slurm"  # the job marks itself running, then finished or failed
+    after = eval_after_task(run.path) if cfg.train.get("eval_after") else None
     try:
         with terminate_as_interrupt():
             run.update(status="submitted" if slurm else "running", **({} if slurm else {"started": now()}))
-            launch(train_task(run.path, resume), cfg.launcher, say, device=cfg.device)
+            job = launch(train_task(run.path, resume), cfg.launcher, say, device=cfg.device, after=after)
+            if slurm and _on_slurm(job):  # `ecmctl status` asks SLURM about it, even if it never starts
+                run.update(slurm_job=job.job_id)
     except BaseException as e:
         with deferred():
             try:
@@ -348,7 +354,21 @@ def launch_run(run: RunDir, cfg: DictConfig, resume: bool, say: Say) -> RunDir:
             run.update(status="finished", finished=now(), checkpoint=run.relative(run.last_checkpoint()))
     finally:
         run.unlock()
+    if not slurm and after is not None:
+        after.run()
     return run
+
+
+def _on_slurm(job) -> bool:
+    """A job of a real SLURM cluster (not submitit's local executor, whose ids are process ids)."""
+    import submitit
+
+    return isinstance(job, submitit.SlurmJob)
+
+
+def eval_after_task(run_dir: str | Path) -> Task:
+    """train.eval_after=true: `ecmctl eval RUN` once training finished (in the SLURM job, on its node)."""
+    return Task("ecmctl.pipeline.evaluate:evaluate_after_training", str(run_dir))
 
 
 def finished_iters(run_dir: str | Path) -> int | None:
