@@ -1,0 +1,519 @@
+"""A packed LVIS/COCO training set: the data list mmdet's datasets build, as a few flat arrays in one file.
+
+mmdet's `LVISV1Dataset` loads the whole json with lvis-api and keeps one Python dict per image (about a minute
+and 5 GB at LVIS v1 train size, on every rank). Here the file is streamed once (`jsonscan.Scanner` locates
+each element, msgspec decodes them a batch at a time, polygons are parsed vectorised), the rules of mmdet's
+`CocoDataset.parse_data_info` are applied to whole arrays, and the result is written to one cache file:
+
+    images:    img_id, height, width, file name (bytes + offsets), whether a raw annotation names a class
+    instances: per-image offsets; bbox (float64 xyxy), label, ignore flag, mask kind
+    masks:     polygons (per-instance polygon offsets, per-polygon coordinate offsets, float64 coordinates);
+               any other segmentation (RLE) as its json text
+
+Layout: magic, version and the header's offset; the arrays, each 64-byte aligned; a json header (arrays, the
+source's sha256, the options) with a crc32 of everything before it. A reader memory-maps it, so every rank and
+data-loader worker on a node shares the same pages, and `entry(i)` decodes one image's data info at a time.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import struct
+import zlib
+from collections.abc import Sequence
+from pathlib import Path
+
+import msgspec
+import numpy as np
+
+from ecmctl.core.errors import UserError
+from ecmctl.dataset.jsonscan import Scanner, read_chunks
+
+MAGIC = b"ECMPACK\0"
+VERSION = 1
+PRELUDE = struct.Struct("<8sIIQQ")  # magic, version, reserved, header offset, header length
+ALIGN = 64
+BATCH_BYTES = 16 << 20
+LVIS_URL = "http://images.cocodataset.org/"
+VARIANTS = ("lvis", "coco")  # LVISV1Dataset (file name from coco_url, every category) or CocoDataset (classes)
+
+MASK_NONE, MASK_POLY, MASK_JSON = 0, 1, 2
+
+
+class _Image(msgspec.Struct):
+    id: int
+    height: int
+    width: int
+    file_name: str | None = None
+    coco_url: str | None = None
+
+
+class _Ann(msgspec.Struct):
+    image_id: int
+    category_id: int
+    bbox: list[float]
+    area: float
+    iscrowd: int | bool = 0
+    ignore: int | bool = False
+    segmentation: msgspec.Raw = msgspec.Raw(b"null")
+
+
+def options_key(variant: str, classes: Sequence[str] | None) -> dict:
+    """What the packed arrays depend on besides the file: the dataset kind and, for COCO, the classes
+    (CocoDataset keeps only the categories named in metainfo.classes)."""
+    if variant not in VARIANTS:
+        raise ValueError(f"variant must be one of {VARIANTS}")
+    return {"version": VERSION, "variant": variant, "classes": list(classes) if variant == "coco" else None}
+
+
+def options_hash(options: dict) -> str:
+    return hashlib.sha256(json.dumps(options, sort_keys=True).encode()).hexdigest()[:16]
+
+
+# --- numbers -------------------------------------------------------------------------------------------------
+
+_POW10F = 10.0 ** np.arange(23)
+_POW10I = 10 ** np.arange(19, dtype=np.int64)
+
+
+def parse_numbers(u8: np.ndarray, start: np.ndarray, end: np.ndarray) -> np.ndarray:
+    """float(token) of the JSON number tokens u8[start:end], vectorised.
+
+    Tokens are grouped by shape (length, sign, position of the point); a group's bytes form a matrix whose
+    digits give the integer m in one product, and the value m / 10^k (k digits after the point). With at most
+    15 digits, m < 2^53 and 10^k (k <= 22) are exact, so the one division is correctly rounded: exactly
+    Python's float(). Other tokens (exponents, more digits) take float() itself.
+    """
+    n = start.size
+    val = np.empty(n, np.float64)
+    if not n:
+        return val
+    length = end - start
+    last = u8.size - 1
+    neg = (u8[start] == 45).astype(np.int64)
+    dot_rel = np.full(n, -1, np.int64)
+    for k in range(1, min(int(length.max()), 18)):  # where the point is (at most one, JSON says)
+        at = np.flatnonzero((u8[np.minimum(start + k, last)] == 46) & (k < length))
+        dot_rel[at] = k
+    slow = length - neg - (dot_rel >= 0) > 15
+    odd = np.flatnonzero((u8 == 101) | (u8 == 69) | (u8 == 43))  # e E +: exponents
+    if odd.size:
+        slow[np.searchsorted(start, odd, "right") - 1] = True
+    shape = np.where(slow, -1, (length * 64 + dot_rel + 1) * 2 + neg)
+    for key in np.unique(shape).tolist():
+        rows = np.flatnonzero(shape == key)
+        if key < 0:
+            for i in rows.tolist():
+                val[i] = float(bytes(u8[start[i]: end[i]]))
+            continue
+        width, dot, sign = key // 128, (key // 2) % 64 - 1, key % 2
+        first = start[rows]
+        mant = np.zeros(rows.size, np.int64)
+        digits_after = width - sign - (dot >= 0)
+        offset = 0
+        for c in range(sign, width):
+            if c == dot:
+                continue
+            digits_after -= 1
+            w = int(_POW10I[digits_after])
+            mant += u8[first + c] * np.int64(w)
+            offset += 48 * w
+        mant -= offset
+        v = mant.astype(np.float64) / _POW10F[width - 1 - dot if dot >= 0 else 0]
+        val[rows] = -v if sign else v
+    return val
+
+
+_NUMBER_CHARS = np.zeros(256, bool)
+_NUMBER_CHARS[list(b"0123456789.-+eE")] = True
+_ALLOWED = _NUMBER_CHARS.copy()
+_ALLOWED[list(b"[], \t\r\n")] = True
+
+
+def parse_polygons(raws: list[bytes]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Segmentations that are lists of polygons (`[[x, y, ...], ...]`), parsed together.
+
+    Returns (good: which raws are such lists, polygons per good raw, coordinates per polygon, coordinates);
+    the others (RLE objects, anything nested otherwise) are left to the caller.
+    """
+    n = len(raws)
+    lens = np.fromiter((len(r) for r in raws), np.int64, count=n)
+    seg_start = np.zeros(n + 1, np.int64)
+    np.cumsum(lens, out=seg_start[1:])
+    u8 = np.frombuffer(b"".join(raws), np.uint8)
+    size = int(seg_start[-1])
+    body = u8[:size]
+    good = np.ones(n, bool)
+    bad_char = np.flatnonzero(~_ALLOWED[body])
+    if bad_char.size:
+        good[np.searchsorted(seg_start, bad_char, "right") - 1] = False
+    br = np.flatnonzero((body == 91) | (body == 93))
+    depth = np.cumsum(np.where(body[br] == 91, 1, -1))
+    too_deep = br[depth > 2]
+    if too_deep.size:
+        good[np.searchsorted(seg_start, too_deep, "right") - 1] = False
+    isnum = _NUMBER_CHARS[body]
+    edges = np.diff(np.concatenate(([False], isnum, [False])).astype(np.int8))
+    t_start, t_end = np.flatnonzero(edges == 1), np.flatnonzero(edges == -1)
+    t_depth = depth[np.searchsorted(br, t_start) - 1] if br.size else np.zeros(t_start.size, np.int64)
+    shallow = t_start[t_depth != 2]
+    if shallow.size:
+        good[np.searchsorted(seg_start, shallow, "right") - 1] = False
+    if not good.all():
+        keep = np.flatnonzero(good)
+        _, npoly, ncoord, coords = parse_polygons([raws[i] for i in keep.tolist()]) if keep.size else (
+            None, np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float64))
+        return good, npoly, ncoord, coords
+    poly_open = br[(body[br] == 91) & (depth == 2)]
+    poly_seg = np.searchsorted(seg_start, poly_open, "right") - 1
+    npoly = np.bincount(poly_seg, minlength=n)
+    tok_poly = np.searchsorted(poly_open, t_start, "right") - 1
+    ncoord = np.bincount(tok_poly, minlength=poly_open.size)
+    return good, npoly, ncoord, parse_numbers(u8, t_start, t_end)
+
+
+# --- building ----------------------------------------------------------------------------------------------------
+
+def _decode(path: str, fd: int, what: str, starts: np.ndarray, ends: np.ndarray, typ):
+    """The elements of one section, a batch of about BATCH_BYTES at a time, decoded as `typ`."""
+    decoder = msgspec.json.Decoder(list[typ])
+    i, n = 0, starts.size
+    while i < n:
+        j = int(np.searchsorted(starts, starts[i] + BATCH_BYTES, "right"))
+        j = max(j, i + 1)
+        lo, hi = int(starts[i]), int(ends[j - 1])
+        data = os.pread(fd, hi - lo, lo)
+        try:
+            yield i, decoder.decode(b"[" + data + b"]")
+        except msgspec.ValidationError as e:
+            raise UserError(f"{path}: an entry of {what!r} among #{i}-#{j - 1}: {e}") from None
+        except msgspec.DecodeError as e:
+            raise UserError(f"{path}: not valid JSON in {what!r} near byte {lo}: {e}") from None
+        i = j
+
+
+def build(path: str | os.PathLike, variant: str = "lvis", classes: Sequence[str] | None = None,
+          sha256: str | None = None) -> tuple[dict[str, np.ndarray], dict]:
+    """The packed arrays and the header's metadata of an LVIS (variant lvis) or COCO (coco) annotation file.
+
+    Equal, image by image, to what mmdet's LVISV1Dataset / CocoDataset.load_data_list produce: images in
+    file order, their annotations in file order, with parse_data_info's rules (ignore skipped; boxes whose
+    intersection with the image is empty, with area <= 0, or w or h < 1 dropped; crowd -> ignore_flag 1;
+    labels in the file's category order).
+    """
+    name = os.fspath(path)
+    p = Path(path)
+    if not p.is_file():
+        raise UserError(f"{p}: no such annotation file")
+    hasher = hashlib.sha256()
+    scanner = Scanner(name, spans=("annotations", "images"))
+    scanner.run(read_chunks(p, 8 << 20, hasher))
+    scanner.finish()
+    digest = hasher.hexdigest()
+    if sha256 is not None and digest != sha256:
+        raise UserError(f"{p}: changed while it was read (sha256 {digest[:12]}…, expected {sha256[:12]}…)")
+    for key in ("images", "annotations", "categories"):
+        if scanner.top.get(key) != "array":
+            raise UserError(f"{p}: no top-level {key!r} list; expected an LVIS or COCO annotation file")
+    try:
+        cats = json.loads(b"".join(scanner.raw["categories"]))
+    except (ValueError, UnicodeDecodeError) as e:
+        raise UserError(f"{p}: not valid JSON in 'categories' ({e})") from None
+    if variant == "lvis":
+        cat_ids = [int(c["id"]) for c in cats]  # lvis-api's get_cat_ids: every category, file order
+    else:  # pycocotools' getCatIds(catNms=classes): the file's order, names in classes
+        wanted = set(classes or ())
+        cat_ids = [int(c["id"]) for c in cats if c.get("name") in wanted]
+    cat_sorted = np.array(sorted(cat_ids), np.int64)
+    label_of_sorted = np.array([cat_ids.index(c) for c in cat_sorted.tolist()], np.int64)
+
+    fd = os.open(p, os.O_RDONLY)
+    try:
+        img_starts, img_ends = scanner.sections["images"].spans()
+        ids, hs, ws, names = [], [], [], []
+        for _, batch in _decode(name, fd, "images", img_starts, img_ends, _Image):
+            for im in batch:
+                if variant == "lvis":
+                    if im.coco_url is None:
+                        raise UserError(f"{p}: image id {im.id} has no 'coco_url' (LVIS v1 names images by it)")
+                    fname = im.coco_url.replace(LVIS_URL, "")
+                else:
+                    if im.file_name is None:
+                        raise UserError(f"{p}: image id {im.id} has no 'file_name'")
+                    fname = im.file_name
+                ids.append(im.id)
+                hs.append(im.height)
+                ws.append(im.width)
+                names.append(fname.encode())
+        img_id = np.array(ids, np.int64)
+        order = np.argsort(img_id, kind="stable")
+        dup = np.flatnonzero(img_id[order][1:] == img_id[order][:-1])
+        if dup.size:
+            raise UserError(f"{p}: image id {img_id[order][dup[0]]} appears twice in 'images'")
+        height, width = np.array(hs, np.int64), np.array(ws, np.int64)
+        name_off = np.zeros(len(names) + 1, np.int64)
+        np.cumsum([len(s) for s in names], out=name_off[1:])
+        name_blob = np.frombuffer(b"".join(names), np.uint8)
+        del ids, hs, ws, names
+
+        ann_starts, ann_ends = scanner.sections["annotations"].spans()
+        cols: dict[str, list] = {k: [] for k in ("img", "label", "ignore", "bbox", "kind", "npoly", "ncoord",
+                                                   "coords", "json_len", "json", "named")}
+        for _, batch in _decode(name, fd, "annotations", ann_starts, ann_ends, _Ann):
+            _parse_batch(name, batch, img_id, order, height, width, cat_sorted, label_of_sorted, cols)
+    finally:
+        os.close(fd)
+
+    cat = lambda k, dt: np.concatenate(cols[k]).astype(dt, copy=False) if cols[k] else np.zeros(0, dt)  # noqa: E731
+    ann_img = cat("img", np.int64)
+    num_images = img_id.size
+    named = np.zeros(num_images, bool)
+    named_img = cat("named", np.int64)
+    named[named_img] = True  # filter_empty_gt: a raw annotation of one of cat_ids, whatever its box
+    by_img = np.argsort(ann_img, kind="stable")  # images in file order, their annotations in file order
+    inst_off = np.zeros(num_images + 1, np.int64)
+    np.cumsum(np.bincount(ann_img, minlength=num_images), out=inst_off[1:])
+    kind = cat("kind", np.uint8)[by_img]
+    npoly_all = cat("npoly", np.int64)  # per polygon-kind instance, in file order
+    ncoord = cat("ncoord", np.int64)
+    coords = cat("coords", np.float64)
+    # polygons stay in file order; each instance points at its first polygon
+    poly_first = np.zeros(kind.size, np.int64)
+    kind_file = cat("kind", np.uint8)
+    npoly_file = np.zeros(kind_file.size, np.int64)
+    npoly_file[kind_file == MASK_POLY] = npoly_all
+    first_file = np.zeros(kind_file.size + 1, np.int64)
+    np.cumsum(npoly_file, out=first_file[1:])
+    poly_first = first_file[:-1][by_img]
+    poly_count = npoly_file[by_img]
+    coord_off = np.zeros(ncoord.size + 1, np.int64)
+    np.cumsum(ncoord, out=coord_off[1:])
+    json_len_file = np.zeros(kind_file.size, np.int64)
+    json_len_file[kind_file == MASK_JSON] = cat("json_len", np.int64)
+    json_first_file = np.zeros(kind_file.size + 1, np.int64)
+    np.cumsum(json_len_file, out=json_first_file[1:])
+    arrays = {
+        "img_id": img_id, "height": height, "width": width, "name_off": name_off, "name_blob": name_blob,
+        "named": named, "inst_off": inst_off,
+        "bbox": cat("bbox", np.float64).reshape(-1, 4)[by_img], "label": cat("label", np.int32)[by_img],
+        "ignore": cat("ignore", np.uint8)[by_img], "kind": kind,
+        "poly_first": poly_first, "poly_count": poly_count, "coord_off": coord_off, "coords": coords,
+        "json_first": json_first_file[:-1][by_img], "json_len": json_len_file[by_img],
+        "json_blob": np.frombuffer(b"".join(cols["json"]), np.uint8),
+    }
+    meta = {"source": {"path": os.path.abspath(name), "sha256": digest, "bytes": scanner.offset},
+            "options": options_key(variant, classes), "cat_ids": cat_ids,
+            "num_images": int(num_images), "num_instances": int(kind.size)}
+    return arrays, meta
+
+
+def _parse_batch(path: str, batch: list[_Ann], img_id: np.ndarray, order: np.ndarray, height: np.ndarray,
+                 width: np.ndarray, cat_sorted: np.ndarray, label_of_sorted: np.ndarray, cols: dict) -> None:
+    """CocoDataset.parse_data_info's rules, on a batch of annotations at once."""
+    n = len(batch)
+    if not n:
+        return
+    image = np.fromiter((a.image_id for a in batch), np.int64, count=n)
+    category = np.fromiter((a.category_id for a in batch), np.int64, count=n)
+    boxes = [a.bbox for a in batch]
+    if any(len(b) != 4 for b in boxes):
+        k = next(i for i, b in enumerate(boxes) if len(b) != 4)
+        raise UserError(f"{path}: an annotation of image id {image[k]} has a bbox of {len(boxes[k])} numbers, "
+                        "expected [x, y, w, h]")
+    box = np.array(boxes, np.float64).reshape(n, 4)
+    area = np.fromiter((a.area for a in batch), np.float64, count=n)
+    crowd = np.fromiter((bool(a.iscrowd) for a in batch), bool, count=n)
+    ignore = np.fromiter((bool(a.ignore) for a in batch), bool, count=n)
+
+    pos = np.searchsorted(img_id, image, sorter=order)
+    pos = np.minimum(pos, max(img_id.size - 1, 0))
+    known = img_id[order[pos]] == image if img_id.size else np.zeros(n, bool)
+    img = np.where(known, order[pos], 0)
+    cpos = np.minimum(np.searchsorted(cat_sorted, category), max(cat_sorted.size - 1, 0))
+    in_cats = cat_sorted[cpos] == category if cat_sorted.size else np.zeros(n, bool)
+    cols["named"].append(img[known & in_cats])
+
+    x1, y1, w, h = box.T
+    W, H = width[img].astype(np.float64), height[img].astype(np.float64)
+    inter_w = np.maximum(0, np.minimum(x1 + w, W) - np.maximum(x1, 0))
+    inter_h = np.maximum(0, np.minimum(y1 + h, H) - np.maximum(y1, 0))
+    keep = known & ~ignore & (inter_w * inter_h != 0) & ~((area <= 0) | (w < 1) | (h < 1)) & in_cats
+    idx = np.flatnonzero(keep)
+    if not idx.size:
+        return
+    cols["img"].append(img[idx])
+    cols["label"].append(label_of_sorted[cpos[idx]])
+    cols["ignore"].append(crowd[idx].astype(np.uint8))
+    cols["bbox"].append(np.stack([x1[idx], y1[idx], x1[idx] + w[idx], y1[idx] + h[idx]], 1).ravel())
+
+    kind = np.full(idx.size, MASK_NONE, np.uint8)
+    poly_raw, poly_at, json_at = [], [], []
+    for k, i in enumerate(idx.tolist()):
+        raw = bytes(batch[i].segmentation)
+        if raw[:1] == b"[":
+            if raw.translate(None, b" \t\r\n") != b"[]":  # [] is falsy: no mask; [[]] is a mask of no polygon
+                poly_raw.append(raw)
+                poly_at.append(k)
+            continue
+        if raw in (b"null", b"false", b"0", b'""', b"{}"):
+            continue  # falsy: mmdet keeps no mask
+        json_at.append(k)
+        cols["json"].append(raw)
+    if poly_raw:
+        good, npoly, ncoord, coords = parse_polygons(poly_raw)
+        at = np.array(poly_at, np.int64)
+        kind[at[good]] = MASK_POLY
+        for k in at[~good].tolist():  # nested otherwise: kept as its json text, decoded as mmdet would see it
+            json_at.append(k)
+            cols["json"].append(poly_raw[poly_at.index(k)])
+        cols["npoly"].append(npoly)
+        cols["ncoord"].append(ncoord)
+        cols["coords"].append(coords)
+    if json_at:
+        order_j = np.argsort(np.array(json_at), kind="stable")
+        tail = cols["json"][-len(json_at):]
+        cols["json"][-len(json_at):] = [tail[j] for j in order_j.tolist()]
+        kind[np.array(json_at)[order_j]] = MASK_JSON
+        cols["json_len"].append(np.array([len(tail[j]) for j in order_j.tolist()], np.int64))
+    cols["kind"].append(kind)
+
+
+# --- the file ------------------------------------------------------------------------------------------------------
+
+def write(path: str | os.PathLike, arrays: dict[str, np.ndarray], meta: dict) -> None:
+    """Write the pack to `path` (the caller renames it into place); the crc32 covers every byte before the
+    header, the header records it and the file's length, so a truncated or altered file is never read."""
+    table, crc = {}, 0
+    with open(path, "wb") as f:
+        pos = PRELUDE.size
+        f.write(b"\0" * PRELUDE.size)
+        crc = 0
+        for key, arr in arrays.items():
+            pad = -pos % ALIGN
+            if pad:
+                f.write(b"\0" * pad)
+                crc = zlib.crc32(b"\0" * pad, crc)
+                pos += pad
+            data = np.ascontiguousarray(arr)
+            mv = memoryview(data).cast("B") if data.size else b""
+            f.write(mv)
+            crc = zlib.crc32(mv, crc)
+            table[key] = {"dtype": data.dtype.str, "shape": list(data.shape), "offset": pos}
+            pos += data.nbytes
+        header = json.dumps({**meta, "arrays": table, "crc32": crc, "header_offset": pos}).encode()
+        f.write(header)
+        f.seek(0)
+        f.write(PRELUDE.pack(MAGIC, VERSION, 0, pos, len(header)))
+        f.flush()
+        os.fsync(f.fileno())
+
+
+class CorruptPack(Exception):
+    """A pack file that is truncated, altered or of another version: rebuilt, never read."""
+
+
+def open_pack(path: str | os.PathLike, verify: bool = True) -> tuple[dict[str, np.ndarray], dict]:
+    """The arrays of a pack file as read-only memory maps (shared by every process that maps it), and its
+    header. With verify, the crc32 of the whole payload is checked (about 0.3 s per GB)."""
+    size = os.path.getsize(path)
+    if size < PRELUDE.size:
+        raise CorruptPack(f"{path}: {size} bytes, shorter than a pack's prelude")
+    mm = np.memmap(path, np.uint8, mode="r")
+    magic, version, _, h_off, h_len = PRELUDE.unpack(bytes(mm[:PRELUDE.size]))
+    if magic != MAGIC or version != VERSION:
+        raise CorruptPack(f"{path}: not an ecmctl pack of version {VERSION}")
+    if h_off + h_len != size:
+        raise CorruptPack(f"{path}: {size} bytes, the header says {h_off + h_len} (truncated?)")
+    try:
+        header = json.loads(bytes(mm[h_off:h_off + h_len]))
+    except (ValueError, UnicodeDecodeError):
+        raise CorruptPack(f"{path}: unreadable header") from None
+    if header.get("header_offset") != h_off:
+        raise CorruptPack(f"{path}: the header does not match the prelude")
+    if verify and zlib.crc32(mm[PRELUDE.size:h_off]) != header["crc32"]:
+        raise CorruptPack(f"{path}: checksum mismatch (the file was altered)")
+    arrays = {}
+    for key, spec in header["arrays"].items():
+        dt = np.dtype(spec["dtype"])
+        count = int(np.prod(spec["shape"])) if spec["shape"] else 1
+        arrays[key] = np.frombuffer(mm, dt, count=count, offset=spec["offset"]).reshape(spec["shape"])
+    return arrays, header
+
+
+# --- reading: one image at a time ---------------------------------------------------------------------------------
+
+def file_name(arrays: dict[str, np.ndarray], i: int) -> str:
+    off = arrays["name_off"]
+    return bytes(arrays["name_blob"][off[i]:off[i + 1]]).decode()
+
+
+def data_info(arrays: dict[str, np.ndarray], i: int, img_prefix: str, seg_prefix: str | None = None,
+              seg_suffix: str = ".png") -> dict:
+    """Image i's data info, as CocoDataset.parse_data_info writes it (bbox xyxy, bbox_label, ignore_flag,
+    polygon `mask` as lists of floats, an RLE `mask` as its dict)."""
+    name = file_name(arrays, i)
+    info = {"img_path": os.path.join(img_prefix, name), "img_id": int(arrays["img_id"][i]),
+            "seg_map_path": (os.path.join(seg_prefix, name.rsplit(".", 1)[0] + seg_suffix) if seg_prefix else None),
+            "height": int(arrays["height"][i]), "width": int(arrays["width"][i])}
+    lo, hi = int(arrays["inst_off"][i]), int(arrays["inst_off"][i + 1])
+    boxes = arrays["bbox"][lo:hi].tolist()
+    labels = arrays["label"][lo:hi].tolist()
+    ignore = arrays["ignore"][lo:hi].tolist()
+    kinds = arrays["kind"][lo:hi].tolist()
+    instances = []
+    for k in range(hi - lo):
+        inst = {"ignore_flag": ignore[k], "bbox": boxes[k], "bbox_label": labels[k]}
+        if kinds[k] == MASK_POLY:
+            first, count = int(arrays["poly_first"][lo + k]), int(arrays["poly_count"][lo + k])
+            off = arrays["coord_off"][first:first + count + 1].tolist()
+            flat = arrays["coords"][off[0]:off[-1]] if count else arrays["coords"][:0]
+            inst["mask"] = [flat[a - off[0]:b - off[0]].tolist() for a, b in zip(off[:-1], off[1:])]
+        elif kinds[k] == MASK_JSON:
+            a = int(arrays["json_first"][lo + k])
+            inst["mask"] = json.loads(bytes(arrays["json_blob"][a:a + int(arrays["json_len"][lo + k])]))
+        instances.append(inst)
+    info["instances"] = instances
+    return info
+
+
+def cat_ids(arrays: dict[str, np.ndarray], i: int) -> list[int]:
+    """The labels of image i's instances (BaseDetDataset.get_cat_ids), without decoding its masks."""
+    return arrays["label"][arrays["inst_off"][i]:arrays["inst_off"][i + 1]].tolist()
+
+
+def kept_images(arrays: dict[str, np.ndarray], filter_empty_gt: bool, min_size: float) -> np.ndarray:
+    """CocoDataset.filter_data: with filter_empty_gt, images that some raw annotation of a class names (its
+    box may be dropped later: mmdet tests lvis-api's cat_img_map, not the parsed instances); min(w, h) >=
+    min_size."""
+    keep = np.minimum(arrays["width"], arrays["height"]) >= min_size
+    if filter_empty_gt:
+        keep &= arrays["named"]
+    return np.flatnonzero(keep)
+
+
+def repeat_factors(arrays: dict[str, np.ndarray], images: np.ndarray, thr: float) -> np.ndarray:
+    """mmengine ClassBalancedDataset._get_repeat_factors over the images `images` (the dataset's indices),
+    with the same float operations: f_c = images with c / images; r_c = max(1, sqrt(thr / f_c)); an image's
+    factor is the max r_c over its labels (1 without instances)."""
+    n = images.size
+    off = arrays["inst_off"]
+    counts = off[images + 1] - off[images]
+    which = np.repeat(np.arange(n), counts)
+    starts = np.repeat(off[images] - np.concatenate(([0], np.cumsum(counts)[:-1])), counts)
+    labels = arrays["label"][starts + np.arange(which.size)].astype(np.int64)
+    num_labels = int(labels.max()) + 1 if labels.size else 1
+    pairs = np.unique(which * num_labels + labels)
+    img_of, lab_of = pairs // num_labels, pairs % num_labels
+    freq = np.bincount(lab_of, minlength=num_labels).astype(np.float64) / n
+    with np.errstate(divide="ignore"):
+        rep = np.maximum(1.0, np.sqrt(thr / freq))
+    factors = np.ones(n, np.float64)
+    np.maximum.at(factors, img_of, rep[lab_of])
+    return factors
+
+
+def repeat_indices(factors: np.ndarray) -> np.ndarray:
+    """ClassBalancedDataset.repeat_indices: each index ceil(factor) times, in order."""
+    return np.repeat(np.arange(factors.size), np.ceil(factors).astype(np.int64))
