@@ -205,7 +205,7 @@ def test_concurrent_builders_make_one_valid_pack(tmp_path):
     packed.open_pack(outs[0][0])  # verifies
 
 
-def test_unwritable_cache_builds_in_memory_and_says_so_once(tmp_path, capfd):
+def test_unwritable_cache_builds_privately_and_says_so_once(tmp_path, capfd):
     if os.geteuid() == 0:
         pytest.skip("root writes anywhere")
     ann, cache = tmp_path / "a.json", tmp_path / "ro"
@@ -218,7 +218,7 @@ def test_unwritable_cache_builds_in_memory_and_says_so_once(tmp_path, capfd):
             assert path is None and arrays["img_id"].size == 60
     finally:
         cache.chmod(0o755)
-    assert capfd.readouterr().err.count("cannot be written; building a.json in memory") == 1
+    assert capfd.readouterr().err.count("cannot be written; building a.json for this process only") == 1
 
 
 def test_unwritable_cache_as_root_falls_back_too(tmp_path, capfd):
@@ -228,7 +228,7 @@ def test_unwritable_cache_as_root_falls_back_too(tmp_path, capfd):
     for _ in range(2):
         _, _, path = packcache.load(ann, "lvis", None, blocker / "cache")
         assert path is None
-    assert capfd.readouterr().err.count("in memory") == 1
+    assert capfd.readouterr().err.count("for this process only") == 1
 
 
 def test_pickled_dataset_carries_no_arrays_and_loads_in_workers(synth_ann, tmp_path):
@@ -257,7 +257,7 @@ def test_config_uses_the_packed_dataset_unless_turned_off(overrides, tmp_path):
     inner, test = mm.train_dataloader.dataset.dataset, mm.test_dataloader.dataset
     assert inner.type == test.type == "ecmctl.PackedLVISV1Dataset"
     assert inner.cache_dir == test.cache_dir == str((tmp_path / "runs" / "cache" / "datasets").resolve())
-    mm = build_mm_config(compose([*overrides, "dataset.rfs_thr=0.3", "dataset.packed=false",
+    mm = build_mm_config(compose([*overrides, "loss=bce", "dataset.rfs_thr=0.3", "dataset.packed=false",
                                   f"dataset.cache_dir={tmp_path}/c"]), classes, tmp_path / "w")
     assert mm.train_dataloader.dataset.type == "ClassBalancedDataset"
     assert mm.train_dataloader.dataset.dataset.type == mm.test_dataloader.dataset.type == "LVISV1Dataset"

@@ -4,7 +4,7 @@
 `<key>.lock` beside it, builds into a temp file and renames it into place; the others block on the lock, then
 map the finished file (a node's ranks and their data-loader workers share its pages). A file that fails its
 checks (truncated, altered, another version, another source) is rebuilt, never read. A cache directory that
-cannot be written means building in memory, said once per process.
+cannot be written means each process builds a private pack (an unlinked temp file), said once per process.
 
 The annotation file's sha256 (seconds for a GB) is itself cached in `sha256/`, keyed by the file's path, size,
 mtime, inode and device: a changed file gets a new hash, and so a new pack.
@@ -84,18 +84,24 @@ def _open_checked(path: Path, sha: str, options: dict, verify: bool = True):
 
 def load(ann_file: str | os.PathLike, variant: str, classes: Sequence[str] | None,
          cache_dir: str | os.PathLike | None) -> tuple[dict[str, np.ndarray], dict, Path | None]:
-    """(arrays, header, pack path or None when built in memory) for an annotation file."""
+    """(arrays, header, pack path or None for a private pack) for an annotation file."""
     src = Path(ann_file)
     options = packed.options_key(variant, classes)
     cache = Path(cache_dir) if cache_dir is not None else None
     if cache is not None and not _writable(cache):
-        _say_once(f"dataset cache {cache} cannot be written; building {src.name} in memory "
-                  "(every process builds its own copy)")
+        _say_once(f"dataset cache {cache} cannot be written; building {src.name} for this process only "
+                  "(in a private temp file; every process builds its own)")
         cache = None
     sha = source_sha256(src, cache)
-    if cache is None:
-        arrays, meta = packed.build(src, variant, classes, sha)
-        return arrays, meta, None
+    if cache is None:  # a private pack in the temp directory, unlinked once mapped
+        fd, tmp = tempfile.mkstemp(prefix=f"ecmctl-{src.name}.", suffix=".npk")
+        os.close(fd)
+        try:
+            packed.build(src, tmp, variant, classes, sha)
+            arrays, header = packed.open_pack(tmp, verify=False)
+        finally:
+            os.unlink(tmp)
+        return arrays, header, None
     path = cache / f"{sha}-{packed.options_hash(options)}.npk"
     try:
         arrays, header = _open_checked(path, sha, options)
@@ -111,15 +117,13 @@ def load(ann_file: str | os.PathLike, variant: str, classes: Sequence[str] | Non
             pass
         except packed.CorruptPack as e:
             _say_once(f"{e}; rebuilding it")
-        arrays, meta = packed.build(src, variant, classes, sha)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=cache)
         os.close(fd)
         try:
-            packed.write(tmp, arrays, meta)
+            packed.build(src, tmp, variant, classes, sha)
             os.replace(tmp, path)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise
-        del arrays
         arrays, header = _open_checked(path, sha, options, verify=False)  # just written and fsynced
         return arrays, header, path

@@ -22,7 +22,7 @@ import json
 import os
 import struct
 import zlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import msgspec
@@ -35,7 +35,7 @@ MAGIC = b"ECMPACK\0"
 VERSION = 1
 PRELUDE = struct.Struct("<8sIIQQ")  # magic, version, reserved, header offset, header length
 ALIGN = 64
-BATCH_BYTES = 16 << 20
+BATCH_BYTES = 4 << 20
 LVIS_URL = "http://images.cocodataset.org/"
 VARIANTS = ("lvis", "coco")  # LVISV1Dataset (file name from coco_url, every category) or CocoDataset (classes)
 
@@ -194,9 +194,10 @@ def _decode(path: str, fd: int, what: str, starts: np.ndarray, ends: np.ndarray,
         i = j
 
 
-def build(path: str | os.PathLike, variant: str = "lvis", classes: Sequence[str] | None = None,
-          sha256: str | None = None) -> tuple[dict[str, np.ndarray], dict]:
-    """The packed arrays and the header's metadata of an LVIS (variant lvis) or COCO (coco) annotation file.
+def build(path: str | os.PathLike, out: str | os.PathLike, variant: str = "lvis",
+          classes: Sequence[str] | None = None, sha256: str | None = None) -> dict:
+    """Pack an LVIS (variant lvis) or COCO (coco) annotation file into `out`; returns the header's metadata.
+    The coordinates, most of the bytes, go to the file as they are parsed: memory holds one batch of them.
 
     Equal, image by image, to what mmdet's LVISV1Dataset / CocoDataset.load_data_list produce: images in
     file order, their annotations in file order, with parse_data_info's rules (ignore skipped; boxes whose
@@ -260,11 +261,22 @@ def build(path: str | os.PathLike, variant: str = "lvis", classes: Sequence[str]
 
         ann_starts, ann_ends = scanner.sections["annotations"].spans()
         cols: dict[str, list] = {k: [] for k in ("img", "label", "ignore", "bbox", "kind", "npoly", "ncoord",
-                                                   "coords", "json_len", "json", "named")}
-        for _, batch in _decode(name, fd, "annotations", ann_starts, ann_ends, _Ann):
-            _parse_batch(name, batch, img_id, order, height, width, cat_sorted, label_of_sorted, cols)
+                                                   "json_len", "json", "named")}
+        with _Writer(out) as writer:
+            coords = writer.stream("coords", np.float64)
+            for _, batch in _decode(name, fd, "annotations", ann_starts, ann_ends, _Ann):
+                _parse_batch(name, batch, img_id, order, height, width, cat_sorted, label_of_sorted, cols, coords)
+            meta = _finish(writer, scanner, name, digest, variant, classes, cat_ids, img_id, height, width,
+                           name_off, name_blob, cols)
     finally:
         os.close(fd)
+    return meta
+
+
+def _finish(writer: _Writer, scanner: Scanner, name: str, digest: str, variant: str, classes, cat_ids: list[int],
+            img_id: np.ndarray, height: np.ndarray, width: np.ndarray, name_off: np.ndarray, name_blob: np.ndarray,
+            cols: dict) -> dict:
+    """The per-image and per-instance arrays (instances regrouped by image), then the header."""
 
     cat = lambda k, dt: np.concatenate(cols[k]).astype(dt, copy=False) if cols[k] else np.zeros(0, dt)  # noqa: E731
     ann_img = cat("img", np.int64)
@@ -278,7 +290,6 @@ def build(path: str | os.PathLike, variant: str = "lvis", classes: Sequence[str]
     kind = cat("kind", np.uint8)[by_img]
     npoly_all = cat("npoly", np.int64)  # per polygon-kind instance, in file order
     ncoord = cat("ncoord", np.int64)
-    coords = cat("coords", np.float64)
     # polygons stay in file order; each instance points at its first polygon
     poly_first = np.zeros(kind.size, np.int64)
     kind_file = cat("kind", np.uint8)
@@ -299,18 +310,22 @@ def build(path: str | os.PathLike, variant: str = "lvis", classes: Sequence[str]
         "named": named, "inst_off": inst_off,
         "bbox": cat("bbox", np.float64).reshape(-1, 4)[by_img], "label": cat("label", np.int32)[by_img],
         "ignore": cat("ignore", np.uint8)[by_img], "kind": kind,
-        "poly_first": poly_first, "poly_count": poly_count, "coord_off": coord_off, "coords": coords,
+        "poly_first": poly_first, "poly_count": poly_count, "coord_off": coord_off,
         "json_first": json_first_file[:-1][by_img], "json_len": json_len_file[by_img],
         "json_blob": np.frombuffer(b"".join(cols["json"]), np.uint8),
     }
+    for key, arr in arrays.items():
+        writer.put(key, arr)
     meta = {"source": {"path": os.path.abspath(name), "sha256": digest, "bytes": scanner.offset},
             "options": options_key(variant, classes), "cat_ids": cat_ids,
             "num_images": int(num_images), "num_instances": int(kind.size)}
-    return arrays, meta
+    writer.close(meta)
+    return meta
 
 
 def _parse_batch(path: str, batch: list[_Ann], img_id: np.ndarray, order: np.ndarray, height: np.ndarray,
-                 width: np.ndarray, cat_sorted: np.ndarray, label_of_sorted: np.ndarray, cols: dict) -> None:
+                 width: np.ndarray, cat_sorted: np.ndarray, label_of_sorted: np.ndarray, cols: dict,
+                 coords_out) -> None:
     """CocoDataset.parse_data_info's rules, on a batch of annotations at once."""
     n = len(batch)
     if not n:
@@ -370,7 +385,7 @@ def _parse_batch(path: str, batch: list[_Ann], img_id: np.ndarray, order: np.nda
             cols["json"].append(poly_raw[poly_at.index(k)])
         cols["npoly"].append(npoly)
         cols["ncoord"].append(ncoord)
-        cols["coords"].append(coords)
+        coords_out(coords)
     if json_at:
         order_j = np.argsort(np.array(json_at), kind="stable")
         tail = cols["json"][-len(json_at):]
@@ -382,32 +397,62 @@ def _parse_batch(path: str, batch: list[_Ann], img_id: np.ndarray, order: np.nda
 
 # --- the file ------------------------------------------------------------------------------------------------------
 
-def write(path: str | os.PathLike, arrays: dict[str, np.ndarray], meta: dict) -> None:
-    """Write the pack to `path` (the caller renames it into place); the crc32 covers every byte before the
-    header, the header records it and the file's length, so a truncated or altered file is never read."""
-    table, crc = {}, 0
-    with open(path, "wb") as f:
-        pos = PRELUDE.size
-        f.write(b"\0" * PRELUDE.size)
-        crc = 0
-        for key, arr in arrays.items():
-            pad = -pos % ALIGN
-            if pad:
-                f.write(b"\0" * pad)
-                crc = zlib.crc32(b"\0" * pad, crc)
-                pos += pad
-            data = np.ascontiguousarray(arr)
-            mv = memoryview(data).cast("B") if data.size else b""
-            f.write(mv)
-            crc = zlib.crc32(mv, crc)
-            table[key] = {"dtype": data.dtype.str, "shape": list(data.shape), "offset": pos}
-            pos += data.nbytes
-        header = json.dumps({**meta, "arrays": table, "crc32": crc, "header_offset": pos}).encode()
-        f.write(header)
-        f.seek(0)
-        f.write(PRELUDE.pack(MAGIC, VERSION, 0, pos, len(header)))
-        f.flush()
-        os.fsync(f.fileno())
+class _Writer:
+    """Writes a pack: arrays one after another (each 64-byte aligned; one may be streamed in pieces), then the
+    header. The crc32 covers every byte before the header, and the header records it and its own offset, so
+    a truncated or altered file is never read. The caller renames the finished file into place."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = path
+        self.table: dict[str, dict] = {}
+        self.crc = 0
+        self.pos = PRELUDE.size
+        self.f = None
+
+    def __enter__(self) -> _Writer:
+        self.f = open(self.path, "wb")
+        self.f.write(b"\0" * PRELUDE.size)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.f.close()
+
+    def _bytes(self, data: bytes | memoryview) -> None:
+        self.f.write(data)
+        self.crc = zlib.crc32(data, self.crc)
+        self.pos += len(data)
+
+    def _align(self) -> None:
+        if self.pos % ALIGN:
+            self._bytes(b"\0" * (-self.pos % ALIGN))
+
+    def put(self, key: str, arr: np.ndarray) -> None:
+        self._align()
+        data = np.ascontiguousarray(arr)
+        self.table[key] = {"dtype": data.dtype.str, "shape": list(data.shape), "offset": self.pos}
+        if data.size:
+            self._bytes(memoryview(data).cast("B"))
+
+    def stream(self, key: str, dtype) -> Callable[[np.ndarray], None]:
+        """A 1-d array written piece by piece: returns the function that appends a piece (nothing else may
+        be written in between)."""
+        self._align()
+        entry = self.table[key] = {"dtype": np.dtype(dtype).str, "shape": [0], "offset": self.pos}
+
+        def append(piece: np.ndarray) -> None:
+            data = np.ascontiguousarray(piece, dtype)
+            if data.size:
+                self._bytes(memoryview(data).cast("B"))
+                entry["shape"][0] += data.size
+        return append
+
+    def close(self, meta: dict) -> None:
+        header = json.dumps({**meta, "arrays": self.table, "crc32": self.crc, "header_offset": self.pos}).encode()
+        self.f.write(header)
+        self.f.seek(0)
+        self.f.write(PRELUDE.pack(MAGIC, VERSION, 0, self.pos, len(header)))
+        self.f.flush()
+        os.fsync(self.f.fileno())
 
 
 class CorruptPack(Exception):
