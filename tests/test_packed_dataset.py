@@ -99,6 +99,9 @@ def _corner_case_file(path: Path, coco: bool = False) -> dict:
                                        for _ in range(int(rng.integers(1, 3)))]
                 ann["segmentation"][0][0] = -0.0 if r > 0.95 else 1e-3 if r > 0.9 else 12
             anns.append(ann)
+    for seg in ([1.5, 2, 3, 4, 5, 6], [[[1, 2, 3, 4, 5, 6]]], [[1, 2, 3, 4, 5, 6], 7]):  # not lists of polygons
+        anns.append({"id": len(anns) + 1, "image_id": images[1]["id"], "category_id": 3, "bbox": [1, 1, 5, 5],
+                     "area": 25, "segmentation": seg})
     anns.append({"id": len(anns) + 1, "image_id": 5, "category_id": 7, "bbox": [1, 1, 5, 5], "area": 25,
                  "segmentation": [[1, 1, 6, 1, 6, 6]]})  # an image that is not in 'images'
     doc = {"images": images, "annotations": anns, "categories": cats}

@@ -102,7 +102,7 @@ def parse_numbers(u8: np.ndarray, start: np.ndarray, end: np.ndarray) -> np.ndar
     if odd.size:
         slow[np.searchsorted(start, odd, "right") - 1] = True
     shape = np.where(slow, -1, (length * 64 + dot_rel + 1) * 2 + neg)
-    for key in np.unique(shape).tolist():
+    for key in (np.flatnonzero(np.bincount(shape + 1)) - 1).tolist():
         rows = np.flatnonzero(shape == key)
         if key < 0:
             for i in rows.tolist():
@@ -157,8 +157,11 @@ def parse_polygons(raws: list[bytes]) -> tuple[np.ndarray, np.ndarray, np.ndarra
     isnum = _NUMBER_CHARS[body]
     edges = np.diff(np.concatenate(([False], isnum, [False])).astype(np.int8))
     t_start, t_end = np.flatnonzero(edges == 1), np.flatnonzero(edges == -1)
-    t_depth = depth[np.searchsorted(br, t_start) - 1] if br.size else np.zeros(t_start.size, np.int64)
-    shallow = t_start[t_depth != 2]
+    opens = np.flatnonzero((body[br] == 91) & (depth == 2))  # polygons: arrays at depth 2, closed by the next bracket
+    poly_open, poly_close = br[opens], br[np.minimum(opens + 1, br.size - 1)]
+    tok_poly = np.searchsorted(poly_open, t_start, "right") - 1
+    inside = (tok_poly >= 0) & (t_start < poly_close[np.maximum(tok_poly, 0)]) if poly_open.size else tok_poly > 0
+    shallow = t_start[~inside]  # a number outside a polygon (e.g. a flat list)
     if shallow.size:
         good[np.searchsorted(seg_start, shallow, "right") - 1] = False
     if not good.all():
@@ -166,10 +169,7 @@ def parse_polygons(raws: list[bytes]) -> tuple[np.ndarray, np.ndarray, np.ndarra
         _, npoly, ncoord, coords = parse_polygons([raws[i] for i in keep.tolist()]) if keep.size else (
             None, np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float64))
         return good, npoly, ncoord, coords
-    poly_open = br[(body[br] == 91) & (depth == 2)]
-    poly_seg = np.searchsorted(seg_start, poly_open, "right") - 1
-    npoly = np.bincount(poly_seg, minlength=n)
-    tok_poly = np.searchsorted(poly_open, t_start, "right") - 1
+    npoly = np.bincount(np.searchsorted(seg_start, poly_open, "right") - 1, minlength=n)
     ncoord = np.bincount(tok_poly, minlength=poly_open.size)
     return good, npoly, ncoord, parse_numbers(u8, t_start, t_end)
 
