@@ -46,6 +46,7 @@ bench: install
 	$(PY) benchmarks/count_bench.py
 	$(PY) benchmarks/loss_bench.py
 	$(PY) benchmarks/eval_bench.py --images 5000 --iou bbox
+	$(PY) benchmarks/dataset_bench.py
 
 gpu-check-dry: install  # the GPU check's script at tiny sizes on this CPU (README "GPU check")
 	PYTHON=$(PY) bash scripts/gpu-check.sh --dry-run

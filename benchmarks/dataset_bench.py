@@ -8,8 +8,10 @@ images, 1.27M polygon annotations, LVIS v1's per-class counts). Each contender r
   packed, second   the same in a second process, the cache present: map it, verify it, index it
 
 Measured in each child, after its imports: the wall time of the data list and of RFS, the peak RSS of the
-whole process (VmHWM), its RSS and private memory (Private_Clean + Private_Dirty, /proc/self/smaps_rollup)
-after the build and what the build added to them; the repeat indices are compared between contenders.
+whole process (VmHWM), its RSS after the build and what the build added to it, and the private memory it added
+(anonymous pages, /proc/self/smaps_rollup: what no other process can share; the pack's pages are file pages,
+shared through the page cache, counted as "Private_Clean" by the kernel while no other process maps them);
+the repeat indices and one data-list entry are compared between contenders.
 
     python benchmarks/dataset_bench.py                  # full size (mmdet needs ~10 GB RAM and minutes)
     python benchmarks/dataset_bench.py --images 5000    # quick
@@ -42,8 +44,7 @@ def _memory() -> dict:
     roll = dict(line.split(":", 1) for line in Path("/proc/self/smaps_rollup").read_text().splitlines()[1:])
     kb = lambda d, k: int(d[k].split()[0]) * 1024  # noqa: E731
     return {"rss": kb(status, "VmRSS"), "peak": kb(status, "VmHWM"),
-            "private": kb(roll, "Private_Clean") + kb(roll, "Private_Dirty"),
-            "shared": kb(roll, "Shared_Clean") + kb(roll, "Shared_Dirty")}
+            "private": kb(roll, "Anonymous"), "file": kb(status, "RssFile")}
 
 
 def child(kind: str, ann: str, cache: str, out: str) -> None:
@@ -102,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    console = Console()
+    console = Console(width=160)
     ann, meta = cached_file(min(1.0, args.images / LVIS_V1_TRAIN_IMAGES))
     with open(ann, "rb") as f:  # in the page cache for every contender
         while f.read(1 << 24):
@@ -120,9 +121,9 @@ def main(argv: list[str] | None = None) -> int:
     console.print(f"file: {ann} ({ann.stat().st_size / 1e6:,.0f} MB, {meta['num_images']:,} images, "
                   f"{meta['num_annotations']:,} annotations); load average {load[0]:.1f} before, "
                   f"{os.getloadavg()[0]:.1f} after, on {os.cpu_count()} CPUs")
-    table = Table(title="train set: data list + RFS (oversample_thr 1e-3), each in its own process")
+    table = Table(title="train set: data list + RFS (oversample_thr 1e-3), each in its own process", width=160)
     for col in ("contender", "data list s", "RFS s", "total s", "peak RSS MB", "RSS after MB",
-                "RSS added MB", "private added MB", "RFS indices"):
+                "RSS added MB", "of it file pages MB", "private added MB", "RFS indices"):
         table.add_column(col, justify="left" if col == "contender" else "right")
     ref = rows["mmdet"]
     for kind, r in rows.items():
@@ -131,6 +132,7 @@ def main(argv: list[str] | None = None) -> int:
             else "DIFFER")
         table.add_row(kind, f"{r['data_list_s']:.2f}", f"{r['rfs_s']:.2f}", f"{r['data_list_s'] + r['rfs_s']:.2f}",
                       mb(r["after"]["peak"]), mb(r["after"]["rss"]), mb(r["after"]["rss"] - r["before"]["rss"]),
+                      mb(r["after"]["file"] - r["before"]["file"]),
                       mb(r["after"]["private"] - r["before"]["private"]), same)
     console.print(table)
     first, second = rows["packed_first"], rows["packed_second"]

@@ -2,17 +2,19 @@
 
 mmdet's `LVISV1Dataset` loads the whole json with lvis-api and keeps one Python dict per image (about a minute
 and 5 GB at LVIS v1 train size, on every rank). Here the file is streamed once (`jsonscan.Scanner` locates
-each element, msgspec decodes them a batch at a time, polygons are parsed vectorised), the rules of mmdet's
+each element, msgspec decodes a batch of them at a time with only the fields mmdet reads), the rules of mmdet's
 `CocoDataset.parse_data_info` are applied to whole arrays, and the result is written to one cache file:
 
     images:    img_id, height, width, file name (bytes + offsets), whether a raw annotation names a class
-    instances: per-image offsets; bbox (float64 xyxy), label, ignore flag, mask kind
-    masks:     polygons (per-instance polygon offsets, per-polygon coordinate offsets, float64 coordinates);
-               any other segmentation (RLE) as its json text
+    instances: per-image offsets; bbox (float64 xyxy), label, ignore flag
+    masks:     per instance, the offset and length of its segmentation's json text (polygons or RLE) in one
+               byte array, parsed with Python's json when its image is read: the very values (ints stay ints,
+               floats are the same doubles) that lvis-api's json.load gives mmdet. Parsing the ~100M polygon
+               numbers of LVIS train up front would cost more than everything else together.
 
 Layout: magic, version and the header's offset; the arrays, each 64-byte aligned; a json header (arrays, the
 source's sha256, the options) with a crc32 of everything before it. A reader memory-maps it, so every rank and
-data-loader worker on a node shares the same pages, and `entry(i)` decodes one image's data info at a time.
+data-loader worker on a node shares the same pages, and `data_info(i)` decodes one image at a time.
 """
 
 from __future__ import annotations
@@ -38,9 +40,6 @@ ALIGN = 64
 BATCH_BYTES = 4 << 20
 LVIS_URL = "http://images.cocodataset.org/"
 VARIANTS = ("lvis", "coco")  # LVISV1Dataset (file name from coco_url, every category) or CocoDataset (classes)
-
-MASK_NONE, MASK_POLY, MASK_JSON = 0, 1, 2
-
 
 class _Image(msgspec.Struct):
     id: int
@@ -73,106 +72,6 @@ def options_hash(options: dict) -> str:
 
 
 # --- numbers -------------------------------------------------------------------------------------------------
-
-_POW10F = 10.0 ** np.arange(23)
-_POW10I = 10 ** np.arange(19, dtype=np.int64)
-
-
-def parse_numbers(u8: np.ndarray, start: np.ndarray, end: np.ndarray) -> np.ndarray:
-    """float(token) of the JSON number tokens u8[start:end], vectorised.
-
-    Tokens are grouped by shape (length, sign, position of the point); a group's bytes form a matrix whose
-    digits give the integer m in one product, and the value m / 10^k (k digits after the point). With at most
-    15 digits, m < 2^53 and 10^k (k <= 22) are exact, so the one division is correctly rounded: exactly
-    Python's float(). Other tokens (exponents, more digits) take float() itself.
-    """
-    n = start.size
-    val = np.empty(n, np.float64)
-    if not n:
-        return val
-    length = end - start
-    last = u8.size - 1
-    neg = (u8[start] == 45).astype(np.int64)
-    dot_rel = np.full(n, -1, np.int64)
-    for k in range(1, min(int(length.max()), 18)):  # where the point is (at most one, JSON says)
-        at = np.flatnonzero((u8[np.minimum(start + k, last)] == 46) & (k < length))
-        dot_rel[at] = k
-    slow = length - neg - (dot_rel >= 0) > 15
-    odd = np.flatnonzero((u8 == 101) | (u8 == 69) | (u8 == 43))  # e E +: exponents
-    if odd.size:
-        slow[np.searchsorted(start, odd, "right") - 1] = True
-    shape = np.where(slow, -1, (length * 64 + dot_rel + 1) * 2 + neg)
-    for key in (np.flatnonzero(np.bincount(shape + 1)) - 1).tolist():
-        rows = np.flatnonzero(shape == key)
-        if key < 0:
-            for i in rows.tolist():
-                val[i] = float(bytes(u8[start[i]: end[i]]))
-            continue
-        width, dot, sign = key // 128, (key // 2) % 64 - 1, key % 2
-        first = start[rows]
-        mant = np.zeros(rows.size, np.int64)
-        digits_after = width - sign - (dot >= 0)
-        offset = 0
-        for c in range(sign, width):
-            if c == dot:
-                continue
-            digits_after -= 1
-            w = int(_POW10I[digits_after])
-            mant += u8[first + c] * np.int64(w)
-            offset += 48 * w
-        mant -= offset
-        v = mant.astype(np.float64) / _POW10F[width - 1 - dot if dot >= 0 else 0]
-        val[rows] = -v if sign else v
-    return val
-
-
-_NUMBER_CHARS = np.zeros(256, bool)
-_NUMBER_CHARS[list(b"0123456789.-+eE")] = True
-_ALLOWED = _NUMBER_CHARS.copy()
-_ALLOWED[list(b"[], \t\r\n")] = True
-
-
-def parse_polygons(raws: list[bytes]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Segmentations that are lists of polygons (`[[x, y, ...], ...]`), parsed together.
-
-    Returns (good: which raws are such lists, polygons per good raw, coordinates per polygon, coordinates);
-    the others (RLE objects, anything nested otherwise) are left to the caller.
-    """
-    n = len(raws)
-    lens = np.fromiter((len(r) for r in raws), np.int64, count=n)
-    seg_start = np.zeros(n + 1, np.int64)
-    np.cumsum(lens, out=seg_start[1:])
-    u8 = np.frombuffer(b"".join(raws), np.uint8)
-    size = int(seg_start[-1])
-    body = u8[:size]
-    good = np.ones(n, bool)
-    bad_char = np.flatnonzero(~_ALLOWED[body])
-    if bad_char.size:
-        good[np.searchsorted(seg_start, bad_char, "right") - 1] = False
-    br = np.flatnonzero((body == 91) | (body == 93))
-    depth = np.cumsum(np.where(body[br] == 91, 1, -1))
-    too_deep = br[depth > 2]
-    if too_deep.size:
-        good[np.searchsorted(seg_start, too_deep, "right") - 1] = False
-    isnum = _NUMBER_CHARS[body]
-    edges = np.diff(np.concatenate(([False], isnum, [False])).astype(np.int8))
-    t_start, t_end = np.flatnonzero(edges == 1), np.flatnonzero(edges == -1)
-    opens = np.flatnonzero((body[br] == 91) & (depth == 2))  # polygons: arrays at depth 2, closed by the next bracket
-    poly_open, poly_close = br[opens], br[np.minimum(opens + 1, br.size - 1)]
-    tok_poly = np.searchsorted(poly_open, t_start, "right") - 1
-    inside = (tok_poly >= 0) & (t_start < poly_close[np.maximum(tok_poly, 0)]) if poly_open.size else tok_poly > 0
-    shallow = t_start[~inside]  # a number outside a polygon (e.g. a flat list)
-    if shallow.size:
-        good[np.searchsorted(seg_start, shallow, "right") - 1] = False
-    if not good.all():
-        keep = np.flatnonzero(good)
-        _, npoly, ncoord, coords = parse_polygons([raws[i] for i in keep.tolist()]) if keep.size else (
-            None, np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float64))
-        return good, npoly, ncoord, coords
-    npoly = np.bincount(np.searchsorted(seg_start, poly_open, "right") - 1, minlength=n)
-    ncoord = np.bincount(tok_poly, minlength=poly_open.size)
-    return good, npoly, ncoord, parse_numbers(u8, t_start, t_end)
-
 
 # --- building ----------------------------------------------------------------------------------------------------
 
@@ -260,12 +159,11 @@ def build(path: str | os.PathLike, out: str | os.PathLike, variant: str = "lvis"
         del ids, hs, ws, names
 
         ann_starts, ann_ends = scanner.sections["annotations"].spans()
-        cols: dict[str, list] = {k: [] for k in ("img", "label", "ignore", "bbox", "kind", "npoly", "ncoord",
-                                                   "json_len", "json", "named")}
+        cols: dict[str, list] = {k: [] for k in ("img", "label", "ignore", "bbox", "mask_len", "named")}
         with _Writer(out) as writer:
-            coords = writer.stream("coords", np.float64)
+            masks = writer.stream("mask_blob", np.uint8)
             for _, batch in _decode(name, fd, "annotations", ann_starts, ann_ends, _Ann):
-                _parse_batch(name, batch, img_id, order, height, width, cat_sorted, label_of_sorted, cols, coords)
+                _parse_batch(name, batch, img_id, order, height, width, cat_sorted, label_of_sorted, cols, masks)
             meta = _finish(writer, scanner, name, digest, variant, classes, cat_ids, img_id, height, width,
                            name_off, name_blob, cols)
     finally:
@@ -287,45 +185,28 @@ def _finish(writer: _Writer, scanner: Scanner, name: str, digest: str, variant: 
     by_img = np.argsort(ann_img, kind="stable")  # images in file order, their annotations in file order
     inst_off = np.zeros(num_images + 1, np.int64)
     np.cumsum(np.bincount(ann_img, minlength=num_images), out=inst_off[1:])
-    kind = cat("kind", np.uint8)[by_img]
-    npoly_all = cat("npoly", np.int64)  # per polygon-kind instance, in file order
-    ncoord = cat("ncoord", np.int64)
-    # polygons stay in file order; each instance points at its first polygon
-    poly_first = np.zeros(kind.size, np.int64)
-    kind_file = cat("kind", np.uint8)
-    npoly_file = np.zeros(kind_file.size, np.int64)
-    npoly_file[kind_file == MASK_POLY] = npoly_all
-    first_file = np.zeros(kind_file.size + 1, np.int64)
-    np.cumsum(npoly_file, out=first_file[1:])
-    poly_first = first_file[:-1][by_img]
-    poly_count = npoly_file[by_img]
-    coord_off = np.zeros(ncoord.size + 1, np.int64)
-    np.cumsum(ncoord, out=coord_off[1:])
-    json_len_file = np.zeros(kind_file.size, np.int64)
-    json_len_file[kind_file == MASK_JSON] = cat("json_len", np.int64)
-    json_first_file = np.zeros(kind_file.size + 1, np.int64)
-    np.cumsum(json_len_file, out=json_first_file[1:])
+    mask_len = cat("mask_len", np.int64)  # 0: no mask (a segmentation's text is never empty)
+    mask_first = np.zeros(mask_len.size + 1, np.int64)  # the texts stay in file order
+    np.cumsum(mask_len, out=mask_first[1:])
     arrays = {
         "img_id": img_id, "height": height, "width": width, "name_off": name_off, "name_blob": name_blob,
         "named": named, "inst_off": inst_off,
         "bbox": cat("bbox", np.float64).reshape(-1, 4)[by_img], "label": cat("label", np.int32)[by_img],
-        "ignore": cat("ignore", np.uint8)[by_img], "kind": kind,
-        "poly_first": poly_first, "poly_count": poly_count, "coord_off": coord_off,
-        "json_first": json_first_file[:-1][by_img], "json_len": json_len_file[by_img],
-        "json_blob": np.frombuffer(b"".join(cols["json"]), np.uint8),
+        "ignore": cat("ignore", np.uint8)[by_img], "mask_first": mask_first[:-1][by_img],
+        "mask_len": mask_len[by_img],
     }
     for key, arr in arrays.items():
         writer.put(key, arr)
     meta = {"source": {"path": os.path.abspath(name), "sha256": digest, "bytes": scanner.offset},
             "options": options_key(variant, classes), "cat_ids": cat_ids,
-            "num_images": int(num_images), "num_instances": int(kind.size)}
+            "num_images": int(num_images), "num_instances": int(mask_len.size)}
     writer.close(meta)
     return meta
 
 
 def _parse_batch(path: str, batch: list[_Ann], img_id: np.ndarray, order: np.ndarray, height: np.ndarray,
                  width: np.ndarray, cat_sorted: np.ndarray, label_of_sorted: np.ndarray, cols: dict,
-                 coords_out) -> None:
+                 masks_out: Callable[[np.ndarray], None]) -> None:
     """CocoDataset.parse_data_info's rules, on a batch of annotations at once."""
     n = len(batch)
     if not n:
@@ -363,36 +244,22 @@ def _parse_batch(path: str, batch: list[_Ann], img_id: np.ndarray, order: np.nda
     cols["ignore"].append(crowd[idx].astype(np.uint8))
     cols["bbox"].append(np.stack([x1[idx], y1[idx], x1[idx] + w[idx], y1[idx] + h[idx]], 1).ravel())
 
-    kind = np.full(idx.size, MASK_NONE, np.uint8)
-    poly_raw, poly_at, json_at = [], [], []
-    for k, i in enumerate(idx.tolist()):
-        raw = bytes(batch[i].segmentation)
-        if raw[:1] == b"[":
-            if raw.translate(None, b" \t\r\n") != b"[]":  # [] is falsy: no mask; [[]] is a mask of no polygon
-                poly_raw.append(raw)
-                poly_at.append(k)
-            continue
-        if raw in (b"null", b"false", b"0", b'""', b"{}"):
-            continue  # falsy: mmdet keeps no mask
-        json_at.append(k)
-        cols["json"].append(raw)
-    if poly_raw:
-        good, npoly, ncoord, coords = parse_polygons(poly_raw)
-        at = np.array(poly_at, np.int64)
-        kind[at[good]] = MASK_POLY
-        for k in at[~good].tolist():  # nested otherwise: kept as its json text, decoded as mmdet would see it
-            json_at.append(k)
-            cols["json"].append(poly_raw[poly_at.index(k)])
-        cols["npoly"].append(npoly)
-        cols["ncoord"].append(ncoord)
-        coords_out(coords)
-    if json_at:
-        order_j = np.argsort(np.array(json_at), kind="stable")
-        tail = cols["json"][-len(json_at):]
-        cols["json"][-len(json_at):] = [tail[j] for j in order_j.tolist()]
-        kind[np.array(json_at)[order_j]] = MASK_JSON
-        cols["json_len"].append(np.array([len(tail[j]) for j in order_j.tolist()], np.int64))
-    cols["kind"].append(kind)
+    texts = [bytes(batch[i].segmentation) for i in idx.tolist()]
+    texts = [t if _truthy(t) else b"" for t in texts]  # mmdet: `if ann.get('segmentation')`
+    cols["mask_len"].append(np.fromiter(map(len, texts), np.int64, count=len(texts)))
+    masks_out(np.frombuffer(b"".join(texts), np.uint8))
+
+
+def _truthy(text: bytes) -> bool:
+    """Whether a json value is truthy in Python, from its text: `[]`, `{}`, `""`, `null`, `false`, zero are not."""
+    head = text[:1]
+    if head in (b"[", b"{"):
+        return bool(text[1:-1].strip())
+    if head == b'"':
+        return len(text) > 2
+    if head in (b"n", b"f"):
+        return False
+    return head == b"t" or bool(json.loads(text))
 
 
 # --- the file ------------------------------------------------------------------------------------------------------
@@ -496,8 +363,8 @@ def file_name(arrays: dict[str, np.ndarray], i: int) -> str:
 
 def data_info(arrays: dict[str, np.ndarray], i: int, img_prefix: str, seg_prefix: str | None = None,
               seg_suffix: str = ".png") -> dict:
-    """Image i's data info, as CocoDataset.parse_data_info writes it (bbox xyxy, bbox_label, ignore_flag,
-    polygon `mask` as lists of floats, an RLE `mask` as its dict)."""
+    """Image i's data info, as CocoDataset.parse_data_info writes it (bbox xyxy, bbox_label, ignore_flag, and
+    `mask`: the segmentation, polygons or RLE, as json.loads reads it)."""
     name = file_name(arrays, i)
     info = {"img_path": os.path.join(img_prefix, name), "img_id": int(arrays["img_id"][i]),
             "seg_map_path": (os.path.join(seg_prefix, name.rsplit(".", 1)[0] + seg_suffix) if seg_prefix else None),
@@ -506,18 +373,14 @@ def data_info(arrays: dict[str, np.ndarray], i: int, img_prefix: str, seg_prefix
     boxes = arrays["bbox"][lo:hi].tolist()
     labels = arrays["label"][lo:hi].tolist()
     ignore = arrays["ignore"][lo:hi].tolist()
-    kinds = arrays["kind"][lo:hi].tolist()
+    first = arrays["mask_first"][lo:hi].tolist()
+    length = arrays["mask_len"][lo:hi].tolist()
+    blob = arrays["mask_blob"]
     instances = []
     for k in range(hi - lo):
         inst = {"ignore_flag": ignore[k], "bbox": boxes[k], "bbox_label": labels[k]}
-        if kinds[k] == MASK_POLY:
-            first, count = int(arrays["poly_first"][lo + k]), int(arrays["poly_count"][lo + k])
-            off = arrays["coord_off"][first:first + count + 1].tolist()
-            flat = arrays["coords"][off[0]:off[-1]] if count else arrays["coords"][:0]
-            inst["mask"] = [flat[a - off[0]:b - off[0]].tolist() for a, b in zip(off[:-1], off[1:])]
-        elif kinds[k] == MASK_JSON:
-            a = int(arrays["json_first"][lo + k])
-            inst["mask"] = json.loads(bytes(arrays["json_blob"][a:a + int(arrays["json_len"][lo + k])]))
+        if length[k]:
+            inst["mask"] = json.loads(blob[first[k]:first[k] + length[k]].tobytes())
         instances.append(inst)
     info["instances"] = instances
     return info
