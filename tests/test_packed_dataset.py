@@ -153,6 +153,25 @@ def test_lvis_shaped_file_equals_mmdet(tmp_path):
     _assert_same(ref, _packed("lvis", kw, tmp_path / "cache"), sample=150, rfs_thr=0.01)
 
 
+@pytest.mark.parametrize("field, value, message", [
+    ("area", None, "an entry of 'annotations' among #0-"), ("bbox", [1, 2, 3], "has a bbox of 3 numbers"),
+    ("image_id", "x", "Expected `int`, got `str`")])
+def test_bad_annotations_are_one_line(tmp_path, field, value, message):
+    from ecmctl.core.errors import UserError
+
+    ann = tmp_path / "a.json"
+    doc = _corner_case_file(ann)
+    if value is None:
+        del doc["annotations"][3][field]
+    else:
+        doc["annotations"][3][field] = value
+    ann.write_text(json.dumps(doc))
+    with pytest.raises(UserError, match=str(ann)) as e:
+        packcache.load(ann, "lvis", None, tmp_path / "cache")
+    assert message in str(e.value) and "\n" not in str(e.value)
+    assert not list((tmp_path / "cache").glob("*.npk")) and not list((tmp_path / "cache").glob(".*.tmp"))
+
+
 def _cache_files(d: Path) -> list[Path]:
     return sorted(d.glob("*.npk"))
 

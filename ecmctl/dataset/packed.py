@@ -41,6 +41,7 @@ BATCH_BYTES = 4 << 20
 LVIS_URL = "http://images.cocodataset.org/"
 VARIANTS = ("lvis", "coco")  # LVISV1Dataset (file name from coco_url, every category) or CocoDataset (classes)
 
+
 class _Image(msgspec.Struct):
     id: int
     height: int
@@ -71,8 +72,6 @@ def options_hash(options: dict) -> str:
     return hashlib.sha256(json.dumps(options, sort_keys=True).encode()).hexdigest()[:16]
 
 
-# --- numbers -------------------------------------------------------------------------------------------------
-
 # --- building ----------------------------------------------------------------------------------------------------
 
 def _decode(path: str, fd: int, what: str, starts: np.ndarray, ends: np.ndarray, typ):
@@ -85,18 +84,19 @@ def _decode(path: str, fd: int, what: str, starts: np.ndarray, ends: np.ndarray,
         lo, hi = int(starts[i]), int(ends[j - 1])
         data = os.pread(fd, hi - lo, lo)
         try:
-            yield i, decoder.decode(b"[" + data + b"]")
+            batch = decoder.decode(b"[" + data + b"]")
         except msgspec.ValidationError as e:
             raise UserError(f"{path}: an entry of {what!r} among #{i}-#{j - 1}: {e}") from None
         except msgspec.DecodeError as e:
             raise UserError(f"{path}: not valid JSON in {what!r} near byte {lo}: {e}") from None
+        yield batch
         i = j
 
 
 def build(path: str | os.PathLike, out: str | os.PathLike, variant: str = "lvis",
           classes: Sequence[str] | None = None, sha256: str | None = None) -> dict:
     """Pack an LVIS (variant lvis) or COCO (coco) annotation file into `out`; returns the header's metadata.
-    The coordinates, most of the bytes, go to the file as they are parsed: memory holds one batch of them.
+    The segmentations' text, most of the bytes, goes to the file a batch at a time: memory holds one batch.
 
     Equal, image by image, to what mmdet's LVISV1Dataset / CocoDataset.load_data_list produce: images in
     file order, their annotations in file order, with parse_data_info's rules (ignore skipped; boxes whose
@@ -133,7 +133,7 @@ def build(path: str | os.PathLike, out: str | os.PathLike, variant: str = "lvis"
     try:
         img_starts, img_ends = scanner.sections["images"].spans()
         ids, hs, ws, names = [], [], [], []
-        for _, batch in _decode(name, fd, "images", img_starts, img_ends, _Image):
+        for batch in _decode(name, fd, "images", img_starts, img_ends, _Image):
             for im in batch:
                 if variant == "lvis":
                     if im.coco_url is None:
@@ -162,7 +162,7 @@ def build(path: str | os.PathLike, out: str | os.PathLike, variant: str = "lvis"
         cols: dict[str, list] = {k: [] for k in ("img", "label", "ignore", "bbox", "mask_len", "named")}
         with _Writer(out) as writer:
             masks = writer.stream("mask_blob", np.uint8)
-            for _, batch in _decode(name, fd, "annotations", ann_starts, ann_ends, _Ann):
+            for batch in _decode(name, fd, "annotations", ann_starts, ann_ends, _Ann):
                 _parse_batch(name, batch, img_id, order, height, width, cat_sorted, label_of_sorted, cols, masks)
             meta = _finish(writer, scanner, name, digest, variant, classes, cat_ids, img_id, height, width,
                            name_off, name_blob, cols)
