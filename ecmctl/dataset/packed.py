@@ -25,6 +25,7 @@ import os
 import struct
 import zlib
 from collections.abc import Callable, Sequence
+from operator import attrgetter
 from pathlib import Path
 
 import msgspec
@@ -211,17 +212,17 @@ def _parse_batch(path: str, batch: list[_Ann], img_id: np.ndarray, order: np.nda
     n = len(batch)
     if not n:
         return
-    image = np.fromiter((a.image_id for a in batch), np.int64, count=n)
-    category = np.fromiter((a.category_id for a in batch), np.int64, count=n)
-    boxes = [a.bbox for a in batch]
+    image = np.fromiter(map(attrgetter("image_id"), batch), np.int64, count=n)
+    category = np.fromiter(map(attrgetter("category_id"), batch), np.int64, count=n)
+    boxes = list(map(attrgetter("bbox"), batch))
     if any(len(b) != 4 for b in boxes):
         k = next(i for i, b in enumerate(boxes) if len(b) != 4)
         raise UserError(f"{path}: an annotation of image id {image[k]} has a bbox of {len(boxes[k])} numbers, "
                         "expected [x, y, w, h]")
     box = np.array(boxes, np.float64).reshape(n, 4)
-    area = np.fromiter((a.area for a in batch), np.float64, count=n)
-    crowd = np.fromiter((bool(a.iscrowd) for a in batch), bool, count=n)
-    ignore = np.fromiter((bool(a.ignore) for a in batch), bool, count=n)
+    area = np.fromiter(map(attrgetter("area"), batch), np.float64, count=n)
+    crowd = np.fromiter(map(bool, map(attrgetter("iscrowd"), batch)), bool, count=n)
+    ignore = np.fromiter(map(bool, map(attrgetter("ignore"), batch)), bool, count=n)
 
     pos = np.searchsorted(img_id, image, sorter=order)
     pos = np.minimum(pos, max(img_id.size - 1, 0))
@@ -245,7 +246,7 @@ def _parse_batch(path: str, batch: list[_Ann], img_id: np.ndarray, order: np.nda
     cols["bbox"].append(np.stack([x1[idx], y1[idx], x1[idx] + w[idx], y1[idx] + h[idx]], 1).ravel())
 
     texts = [bytes(batch[i].segmentation) for i in idx.tolist()]
-    texts = [t if _truthy(t) else b"" for t in texts]  # mmdet: `if ann.get('segmentation')`
+    texts = [t if t[:2] == b"[[" or _truthy(t) else b"" for t in texts]  # mmdet: `if ann.get('segmentation')`
     cols["mask_len"].append(np.fromiter(map(len, texts), np.int64, count=len(texts)))
     masks_out(np.frombuffer(b"".join(texts), np.uint8))
 
@@ -326,9 +327,25 @@ class CorruptPack(Exception):
     """A pack file that is truncated, altered or of another version: rebuilt, never read."""
 
 
+def _crc32(path: str | os.PathLike, start: int, end: int, chunk: int = 16 << 20) -> int:
+    crc, buf = 0, bytearray(chunk)
+    view = memoryview(buf)
+    with open(path, "rb", buffering=0) as f:
+        f.seek(start)
+        left = end - start
+        while left > 0:
+            got = f.readinto(view[:min(chunk, left)])
+            if not got:
+                break
+            crc = zlib.crc32(view[:got], crc)
+            left -= got
+    return crc
+
+
 def open_pack(path: str | os.PathLike, verify: bool = True) -> tuple[dict[str, np.ndarray], dict]:
     """The arrays of a pack file as read-only memory maps (shared by every process that maps it), and its
-    header. With verify, the crc32 of the whole payload is checked (about 0.3 s per GB)."""
+    header. With verify, the crc32 of the whole payload is checked (about 0.3 s per GB), read through a small
+    buffer rather than the map, so that checking does not bring the whole file into this process's RSS."""
     size = os.path.getsize(path)
     if size < PRELUDE.size:
         raise CorruptPack(f"{path}: {size} bytes, shorter than a pack's prelude")
@@ -344,7 +361,7 @@ def open_pack(path: str | os.PathLike, verify: bool = True) -> tuple[dict[str, n
         raise CorruptPack(f"{path}: unreadable header") from None
     if header.get("header_offset") != h_off:
         raise CorruptPack(f"{path}: the header does not match the prelude")
-    if verify and zlib.crc32(mm[PRELUDE.size:h_off]) != header["crc32"]:
+    if verify and _crc32(path, PRELUDE.size, h_off) != header["crc32"]:
         raise CorruptPack(f"{path}: checksum mismatch (the file was altered)")
     arrays = {}
     for key, spec in header["arrays"].items():
@@ -412,13 +429,15 @@ def repeat_factors(arrays: dict[str, np.ndarray], images: np.ndarray, thr: float
     starts = np.repeat(off[images] - np.concatenate(([0], np.cumsum(counts)[:-1])), counts)
     labels = arrays["label"][starts + np.arange(which.size)].astype(np.int64)
     num_labels = int(labels.max()) + 1 if labels.size else 1
-    pairs = np.unique(which * num_labels + labels)
+    pairs = np.unique(which * num_labels + labels)  # (image, label), sorted by image
     img_of, lab_of = pairs // num_labels, pairs % num_labels
     freq = np.bincount(lab_of, minlength=num_labels).astype(np.float64) / n
     with np.errstate(divide="ignore"):
         rep = np.maximum(1.0, np.sqrt(thr / freq))
     factors = np.ones(n, np.float64)
-    np.maximum.at(factors, img_of, rep[lab_of])
+    if pairs.size:
+        first = np.flatnonzero(np.concatenate(([True], img_of[1:] != img_of[:-1])))
+        factors[img_of[first]] = np.maximum.reduceat(rep[lab_of], first)
     return factors
 
 
