@@ -109,7 +109,7 @@ def build(path: str | os.PathLike, out: str | os.PathLike, variant: str = "lvis"
     if not p.is_file():
         raise UserError(f"{p}: no such annotation file")
     hasher = hashlib.sha256()
-    scanner = Scanner(name, spans=("annotations", "images"))
+    scanner = Scanner(name, {"annotations": (), "images": ()}, spans=("annotations", "images"))  # no ids: spans
     scanner.run(read_chunks(p, 8 << 20, hasher))
     scanner.finish()
     digest = hasher.hexdigest()
