@@ -125,5 +125,5 @@ def load(ann_file: str | os.PathLike, variant: str, classes: Sequence[str] | Non
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise
-        arrays, header = _open_checked(path, sha, options, verify=False)  # just written and fsynced
+        arrays, header = _open_checked(path, sha, options, verify=False)  # written by this process just now
         return arrays, header, path

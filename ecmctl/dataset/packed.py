@@ -319,8 +319,7 @@ class _Writer:
         self.f.write(header)
         self.f.seek(0)
         self.f.write(PRELUDE.pack(MAGIC, VERSION, 0, self.pos, len(header)))
-        self.f.flush()
-        os.fsync(self.f.fileno())
+        # no fsync: a pack torn by a crash fails its length or crc32 check when next opened and is rebuilt
 
 
 class CorruptPack(Exception):
