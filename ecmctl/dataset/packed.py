@@ -35,11 +35,13 @@ from ecmctl.core.errors import UserError
 from ecmctl.dataset.jsonscan import Scanner, read_chunks
 
 MAGIC = b"ECMPACK\0"
-VERSION = 1
+VERSION = 2  # of the layout: a pack of another version is rebuilt
 PRELUDE = struct.Struct("<8sIIQQ")  # magic, version, reserved, header offset, header length
 ALIGN = 64
 BATCH_BYTES = 4 << 20
 LVIS_URL = "http://images.cocodataset.org/"
+ARRAYS = {"img_id", "height", "width", "name_off", "name_blob", "named", "inst_off", "bbox", "label", "ignore",
+          "mask_first", "mask_len", "mask_blob"}
 VARIANTS = ("lvis", "coco")  # LVISV1Dataset (file name from coco_url, every category) or CocoDataset (classes)
 
 
@@ -362,6 +364,8 @@ def open_pack(path: str | os.PathLike, verify: bool = True) -> tuple[dict[str, n
         raise CorruptPack(f"{path}: the header does not match the prelude")
     if verify and _crc32(path, PRELUDE.size, h_off) != header["crc32"]:
         raise CorruptPack(f"{path}: checksum mismatch (the file was altered)")
+    if set(header.get("arrays", ())) != ARRAYS:
+        raise CorruptPack(f"{path}: not the arrays of a version-{VERSION} pack")
     arrays = {}
     for key, spec in header["arrays"].items():
         dt = np.dtype(spec["dtype"])
