@@ -47,6 +47,7 @@ bench: install
 	$(PY) benchmarks/loss_bench.py
 	$(PY) benchmarks/eval_bench.py --images 5000 --iou bbox
 	$(PY) benchmarks/calibration_bench.py
+	$(PY) benchmarks/dataset_bench.py
 
 gpu-check-dry: install  # the GPU check's script at tiny sizes on this CPU (README "GPU check")
 	PYTHON=$(PY) bash scripts/gpu-check.sh --dry-run

@@ -85,7 +85,7 @@ def test_native_keeps_the_configs_recipe_and_swaps_data_classes_loss(data_root, 
     assert loader.batch_size == ref_loader.batch_size and loader.num_workers == 0
     assert loader.batch_sampler.type == "ecmctl.AspectRatioBatchSampler"
     inner, ref_inner = innermost(loader.dataset), innermost(ref_loader.dataset)
-    assert inner.type == "LVISV1Dataset" and inner.metainfo.classes == tuple(classes) and len(classes) == 8
+    assert inner.type == "ecmctl.PackedLVISV1Dataset" and inner.metainfo.classes == tuple(classes) and len(classes) == 8
     assert inner.ann_file == str(Path(cfg.dataset.train_ann).resolve())
     assert types(inner.pipeline) == types(ref_inner.pipeline)
     assert all(d["with_mask"] is False for d in load_annotations(mm.train_dataloader) + load_annotations(
@@ -93,7 +93,7 @@ def test_native_keeps_the_configs_recipe_and_swaps_data_classes_loss(data_root, 
     assert num_classes(mm.model) == {8}
     # test: the config's pipeline, ecmctl's val set, LoadAnnotations and the meta keys the evaluator reads
     test = mm.test_dataloader.dataset
-    assert test.type == "LVISV1Dataset" and test.ann_file == str(Path(cfg.dataset.val_ann).resolve())
+    assert test.type == "ecmctl.PackedLVISV1Dataset" and test.ann_file == str(Path(cfg.dataset.val_ann).resolve())
     assert types(test.pipeline) == types(ref.test_dataloader.dataset.pipeline)
     assert set(EVAL_META_KEYS) <= set(test.pipeline[-1].meta_keys) and load_annotations(test.pipeline)
     assert mm.val_dataloader == mm.test_dataloader and mm.val_evaluator.type == "ecmctl.StreamingLVISMetric"
@@ -105,7 +105,7 @@ def test_yolox_keeps_its_multi_image_mix_wrapper(data_root, tmp_path):
     mix = mm.train_dataloader.dataset
     assert mix.type == "MultiImageMixDataset" and mix.pipeline == ref.train_dataloader.dataset.pipeline
     assert "Mosaic" in types(mix.pipeline)  # yolox_tiny drops MixUp from yolox_s's pipeline; yolox_s keeps it
-    assert mix.dataset.type == "LVISV1Dataset" and mix.dataset.metainfo.classes == tuple(classes)
+    assert mix.dataset.type == "ecmctl.PackedLVISV1Dataset" and mix.dataset.metainfo.classes == tuple(classes)
     assert mix.dataset.ann_file == str(Path(cfg.dataset.train_ann).resolve())
     assert mix.dataset.data_root == str(Path(cfg.dataset.root).resolve())
     s = build_mm_config(native(data_root, "yolox/yolox_s_8xb8-300e_coco.py"), classes, tmp_path / "s")
@@ -114,7 +114,7 @@ def test_yolox_keeps_its_multi_image_mix_wrapper(data_root, tmp_path):
     rfs = build_mm_config(native(data_root, YOLOX, "dataset.rfs_thr=0.001"), classes, tmp_path / "rfs")
     mix = rfs.train_dataloader.dataset
     assert (mix.type, mix.dataset.type, mix.dataset.dataset.type) == (
-        "MultiImageMixDataset", "ClassBalancedDataset", "LVISV1Dataset")
+        "MultiImageMixDataset", "ecmctl.ClassBalancedDataset", "ecmctl.PackedLVISV1Dataset")
     assert mix.dataset.oversample_thr == 0.001
 
 
@@ -122,7 +122,7 @@ def test_rtmdet_pipeline_switch_and_masks(data_root, tmp_path):
     """RTMDet-Ins predicts masks: every LoadAnnotations (train, stage-2 switch, test) loads them; under RFS
     ecmctl's PipelineSwitchHook reaches through the ClassBalancedDataset."""
     _, _, mm = built(data_root, tmp_path, "rtmdet/rtmdet-ins_tiny_8xb32-300e_coco.py", "dataset.rfs_thr=0.001")
-    assert mm.train_dataloader.dataset.type == "ClassBalancedDataset"
+    assert mm.train_dataloader.dataset.type == "ecmctl.ClassBalancedDataset"
     switch = [h for h in mm.custom_hooks if "PipelineSwitchHook" in h["type"]]
     assert [h["type"] for h in switch] == ["ecmctl.PipelineSwitchHook"]
     found = load_annotations(mm.train_dataloader) + load_annotations(switch) + load_annotations(mm.test_dataloader)
@@ -189,7 +189,7 @@ def test_ecmctl_schedules_are_unchanged(data_root, tmp_path):
     assert cfg.schedule.name == "smoke" and cfg.schedule.native is False
     mm = build_mm_config(cfg, class_names_without_data(cfg), tmp_path)
     assert mm.optim_wrapper.optimizer.type == "SGD" and mm.train_cfg.type == "IterBasedTrainLoop"
-    assert mm.train_dataloader.dataset.type == "LVISV1Dataset"
+    assert mm.train_dataloader.dataset.type == "ecmctl.PackedLVISV1Dataset"
     assert mm.custom_hooks == [dict(type="ecmctl.ProgressHook"), dict(type="ecmctl.RunProgressHook")]
 
 
@@ -207,6 +207,7 @@ def test_the_yolox_train_dataloader_builds_and_yields_a_batch(data_root, tmp_pat
 
     import ecmctl.engine.compat  # noqa: F401  (registers ecmctl's scope)
     import ecmctl.engine.loops  # noqa: F401  (ecmctl.AspectRatioBatchSampler)
+    import ecmctl.engine.packed_dataset  # noqa: F401  (ecmctl.PackedLVISV1Dataset)
 
     register_all_modules()
     _, _, mm = built(data_root, tmp_path, YOLOX, "train.batch_size=2")

@@ -77,10 +77,10 @@ def test_every_recipe_builds_without_data(recipe):
     # flip 0.5, test (1333, 800)
     train_ds = mm.train_dataloader.dataset
     if own.get("rfs", 1e-3):
-        assert train_ds.type == "ClassBalancedDataset" and train_ds.oversample_thr == own.get("rfs", 1e-3)
+        assert train_ds.type == "ecmctl.ClassBalancedDataset" and train_ds.oversample_thr == own.get("rfs", 1e-3)
         train_ds = train_ds.dataset
     else:
-        assert train_ds.type == "LVISV1Dataset"
+        assert train_ds.type == "ecmctl.PackedLVISV1Dataset"
     assert len(train_ds.metainfo["classes"]) == 1203
     resize = next(t for t in train_ds.pipeline if "Resize" in t.type)
     assert resize.type == "RandomChoiceResize" and resize.keep_ratio

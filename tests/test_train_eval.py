@@ -41,11 +41,13 @@ def test_train_then_eval_with_ecm(overrides, detector, ious):
     assert finished_iters(run.path) == 4
     assert list(run.path.glob("*/vis_data/events.out.tfevents.*")), "TensorBoard scalars"
     mm_cfg = (run.path / "mmdet_config.py").read_text()
+    assert mm_cfg.count("type='ecmctl.PackedLVISV1Dataset'") == 2  # train and val, from the node's packs
     expected_loss = "type='ECMFocalLoss'" if detector == "atss_tiny" else "type='ECMLoss'"
     assert mm_cfg.count(expected_loss) == (3 if "cascade" in detector else 1)
     doc = evaluate(run.path, say=lambda m: None)
     on_disk = json.loads((run.path / "metrics.json").read_text())
     assert on_disk == doc and doc["schema"] == "ecmctl/metrics@1"
+    assert len(list((run.path.parents[1] / "cache" / "datasets").glob("*.npk"))) == 2  # train, val
     for iou in ious:
         assert set(METRIC_KEYS) <= set(doc[iou]), iou
         assert len(doc[f"{iou}_per_class"]) == 8
@@ -133,10 +135,11 @@ def test_weights_file_of_another_dataset_fails_fast(overrides, tmp_path):
 
 
 def test_repeat_factor_sampling_oversamples_rare_images(overrides, tmp_path):
-    """dataset.rfs_thr wraps the train set in mmdet's ClassBalancedDataset (the paper's RFS, 1e-3 on LVIS)."""
+    """dataset.rfs_thr wraps the train set in ClassBalancedDataset (the paper's RFS, 1e-3 on LVIS)."""
     from mmdet.registry import DATASETS
     from mmdet.utils import register_all_modules
 
+    import ecmctl.engine.packed_dataset  # noqa: F401  (registers ecmctl.ClassBalancedDataset)
     from ecmctl.engine.builder import build_mm_config
     from ecmctl.pipeline.prepare import class_names, ensure_counts
 
@@ -145,7 +148,7 @@ def test_repeat_factor_sampling_oversamples_rare_images(overrides, tmp_path):
     _, counts = ensure_counts(cfg)
     mm = build_mm_config(cfg, class_names(counts), tmp_path)
     ds_cfg = mm.train_dataloader.dataset
-    assert ds_cfg.type == "ClassBalancedDataset" and ds_cfg.oversample_thr == 0.3
+    assert ds_cfg.type == "ecmctl.ClassBalancedDataset" and ds_cfg.oversample_thr == 0.3
     balanced = DATASETS.build(ds_cfg)
     plain = DATASETS.build(ds_cfg.dataset)
     assert len(balanced) > len(plain)

@@ -58,6 +58,10 @@ class DatasetConf:
     multiscale: list[list[int]] | None = None  # (w, h) choices for training, or null
     flip: float = rule(0.5, ge=0.0, le=1.0)
     rfs_thr: float | None = rule(None, gt=0.0, le=1.0)  # repeat-factor sampling, null = off
+    # train/val on a packed copy of the annotations (ecmctl.PackedLVISV1Dataset, one memory-mapped file per node);
+    # false: mmdet's LVISV1Dataset, every rank parsing the json itself
+    packed: bool = True
+    cache_dir: str | None = None  # where packs live; null: <run_root>/cache/datasets
     synth: SynthConf | None = None  # how to generate the embedded dataset when missing
 
 

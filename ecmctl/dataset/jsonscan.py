@@ -50,6 +50,14 @@ class _Section:
         self.objs: dict[str, list[np.ndarray]] = {k: [] for k in keys}
         self.vals: dict[str, list[np.ndarray]] = {k: [] for k in keys}
         self.bad: dict[str, list[tuple[int, str]]] = {k: [] for k in keys}  # (element, value text)
+        self.record_spans = False
+        self.starts: list[np.ndarray] = []  # file offsets of each element's '{' (with record_spans)
+        self.ends: list[np.ndarray] = []  # file offsets just past each element's '}'
+
+    def spans(self) -> tuple[np.ndarray, np.ndarray]:
+        """(start, end) file offsets of every element object: the bytes a decoder reads one batch at a time."""
+        cat = lambda parts: np.concatenate(parts) if parts else np.zeros(0, np.int64)  # noqa: E731
+        return cat(self.starts), cat(self.ends)
 
     def column(self, key: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(value per element, whether present as an integer, number of occurrences per element)."""
@@ -70,7 +78,7 @@ class Scanner:
     """Streaming structural scanner; feed() it buffers, then finish()."""
 
     def __init__(self, path: str, targets: dict[str, tuple[str, ...]] = ANNOTATION_TARGETS,
-                 raw: tuple[str, ...] = ANNOTATION_RAW):
+                 raw: tuple[str, ...] = ANNOTATION_RAW, spans: tuple[str, ...] = ()):
         self.path = path
         self.targets, self.raw_sections = targets, raw
         self.offset = 0  # file offset of the buffer being fed
@@ -82,6 +90,8 @@ class Scanner:
         self.section: str | None = None  # top-level key whose value is being scanned
         self.top: dict[str, str | None] = {}  # top-level key -> "array" / "object" / "scalar"
         self.sections = {n: _Section(n, k) for n, k in targets.items()}
+        for name in spans:  # the packed dataset decodes these sections' elements by their byte ranges
+            self.sections[name].record_spans = True
         self.raw: dict[str, list[bytes]] = {n: [] for n in raw}
         self.collecting = False  # inside the value of a raw section that continues into the next buffer
         self._u8 = np.empty(0, np.uint8)
@@ -321,6 +331,9 @@ class Scanner:
             k = int(np.argmax(bv[is_start] == 91))
             raise UserError(f"{self.path}: entry #{sec.num_objects + k} of {sec.name!r} is a list, "
                             "expected an object")
+        if sec.record_spans:
+            sec.starts.append(starts.astype(np.int64) + self.offset)
+            sec.ends.append(br[(before == 3) & (bd < 0)].astype(np.int64) + (self.offset + 1))
         sel = np.flatnonzero(dq == 3)
         ko, kc = opens[sel], closes[sel]
         words = _words(buf)

@@ -24,8 +24,8 @@ from ecmctl.engine.placement import (
 # ecmctl's launcher -> mmengine's `launcher` (how each rank initialises torch.distributed)
 MM_LAUNCHERS = {"local": "none", "torchrun": "pytorch", "slurm": "slurm"}
 CUSTOM_IMPORTS = ["ecmctl.losses", "ecmctl.engine.atomic_backend", "ecmctl.engine.compat",
-                  "ecmctl.engine.lvis_stream_metric", "ecmctl.engine.hooks",
-                  "ecmctl.engine.loops", "ecmctl.engine.ecm_heads"]
+                  "ecmctl.engine.lvis_stream_metric", "ecmctl.engine.hooks", "ecmctl.engine.loops",
+                  "ecmctl.engine.ecm_heads", "ecmctl.engine.packed_dataset"]
 
 
 def _plain(node) -> dict | list:
@@ -113,10 +113,18 @@ def _pipelines(ds: DictConfig, with_mask: bool) -> tuple[list, list]:
     return train, test
 
 
-def _dataset(ds: DictConfig, ann: str, classes: Sequence[str], pipeline: list, test_mode: bool) -> dict:
+def dataset_cache_dir(cfg: DictConfig) -> str:
+    """Where the packed datasets live (dataset.cache_dir, else <run_root>/cache/datasets), absolute."""
+    return str(Path(cfg.dataset.get("cache_dir") or Path(cfg.run_root) / "cache" / "datasets").resolve())
+
+
+def _dataset(ds: DictConfig, ann: str, classes: Sequence[str], pipeline: list, test_mode: bool,
+             cache_dir: str) -> dict:
     d = dict(type="LVISV1Dataset", data_root=str(Path(ds.root).resolve()), ann_file=str(Path(ann).resolve()),
              data_prefix=dict(img=ds.img_prefix), metainfo=dict(classes=tuple(classes)),
              pipeline=pipeline, test_mode=test_mode)
+    if ds.get("packed", True):  # the same data list, from one memory-mapped file per node (engine/packed_dataset.py)
+        d.update(type="ecmctl.PackedLVISV1Dataset", cache_dir=cache_dir)
     if not test_mode:
         d["filter_cfg"] = dict(filter_empty_gt=True, min_size=2)
     return d
@@ -151,9 +159,11 @@ def build_mm_config(cfg: DictConfig, classes: Sequence[str], work_dir: str | Pat
     ds, sch, tr = cfg.dataset, cfg.schedule, cfg.train
     with_mask = detector_masks(cfg, mm.model)
     train_pipe, test_pipe = _pipelines(ds, with_mask)
-    train_ds = _dataset(ds, ds.train_ann, classes, train_pipe, test_mode=False)
-    if ds.rfs_thr:
-        train_ds = dict(type="ClassBalancedDataset", oversample_thr=float(ds.rfs_thr), dataset=train_ds)
+    cache_dir = dataset_cache_dir(cfg)
+    train_ds = _dataset(ds, ds.train_ann, classes, train_pipe, False, cache_dir)
+    if ds.rfs_thr:  # ecmctl's: mmengine's, with the factors read from the packed labels in one pass
+        rfs = "ecmctl.ClassBalancedDataset" if ds.get("packed", True) else "ClassBalancedDataset"
+        train_ds = dict(type=rfs, oversample_thr=float(ds.rfs_thr), dataset=train_ds)
     mm.train_dataloader = dict(
         batch_size=int(tr.batch_size), num_workers=int(tr.num_workers), persistent_workers=False,
         sampler=dict(type="DefaultSampler" if sch.by_epoch else "InfiniteSampler", shuffle=True),
@@ -161,7 +171,7 @@ def build_mm_config(cfg: DictConfig, classes: Sequence[str], work_dir: str | Pat
     mm.test_dataloader = dict(
         batch_size=1, num_workers=int(tr.num_workers), persistent_workers=False, drop_last=False,
         sampler=dict(type="DefaultSampler", shuffle=False),
-        dataset=_dataset(ds, ds.val_ann, classes, test_pipe, test_mode=True))
+        dataset=_dataset(ds, ds.val_ann, classes, test_pipe, True, cache_dir))
     mm.test_cfg = dict(type="TestLoop")
     apply_eval_protocol(mm, cfg.eval, ds.val_ann, with_mask)
     k = int(accumulation)

@@ -1,0 +1,449 @@
+"""A packed LVIS/COCO training set: the data list mmdet's datasets build, as a few flat arrays in one file.
+
+mmdet's `LVISV1Dataset` loads the whole json with lvis-api and keeps one Python dict per image (about a minute
+and 5 GB at LVIS v1 train size, on every rank). Here the file is streamed once (`jsonscan.Scanner` locates
+each element, msgspec decodes a batch of them at a time with only the fields mmdet reads), the rules of mmdet's
+`CocoDataset.parse_data_info` are applied to whole arrays, and the result is written to one cache file:
+
+    images:    img_id, height, width, file name (bytes + offsets), whether a raw annotation names a class
+    instances: per-image offsets; bbox (float64 xyxy), label, ignore flag
+    masks:     per instance, the offset and length of its segmentation's json text (polygons or RLE) in one
+               byte array, parsed with Python's json when its image is read: the very values (ints stay ints,
+               floats are the same doubles) that lvis-api's json.load gives mmdet. Parsing the ~100M polygon
+               numbers of LVIS train up front would cost more than everything else together.
+
+Layout: magic, version and the header's offset; the arrays, each 64-byte aligned; a json header (arrays, the
+source's sha256, the options) with a crc32 of everything before it. A reader memory-maps it, so every rank and
+data-loader worker on a node shares the same pages, and `data_info(i)` decodes one image at a time.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import struct
+import zlib
+from collections.abc import Callable, Sequence
+from operator import attrgetter
+from pathlib import Path
+
+import msgspec
+import numpy as np
+
+from ecmctl.core.errors import UserError
+from ecmctl.dataset.jsonscan import Scanner, read_chunks
+
+MAGIC = b"ECMPACK\0"
+VERSION = 2  # of the layout: a pack of another version is rebuilt
+PRELUDE = struct.Struct("<8sIIQQ")  # magic, version, reserved, header offset, header length
+ALIGN = 64
+BATCH_BYTES = 4 << 20
+LVIS_URL = "http://images.cocodataset.org/"
+ARRAYS = {"img_id", "height", "width", "name_off", "name_blob", "named", "inst_off", "bbox", "label", "ignore",
+          "mask_first", "mask_len", "mask_blob"}
+VARIANTS = ("lvis", "coco")  # LVISV1Dataset (file name from coco_url, every category) or CocoDataset (classes)
+
+
+class _Image(msgspec.Struct):
+    id: int
+    height: int
+    width: int
+    file_name: str | None = None
+    coco_url: str | None = None
+
+
+class _Ann(msgspec.Struct):
+    image_id: int
+    category_id: int
+    bbox: list[float]
+    area: float
+    iscrowd: int | bool = 0
+    ignore: int | bool = False
+    segmentation: msgspec.Raw = msgspec.Raw(b"null")
+
+
+def options_key(variant: str, classes: Sequence[str] | None) -> dict:
+    """What the packed arrays depend on besides the file: the dataset kind and, for COCO, the classes
+    (CocoDataset keeps only the categories named in metainfo.classes)."""
+    if variant not in VARIANTS:
+        raise ValueError(f"variant must be one of {VARIANTS}")
+    return {"version": VERSION, "variant": variant, "classes": list(classes) if variant == "coco" else None}
+
+
+def options_hash(options: dict) -> str:
+    return hashlib.sha256(json.dumps(options, sort_keys=True).encode()).hexdigest()[:16]
+
+
+# --- building ----------------------------------------------------------------------------------------------------
+
+def _decode(path: str, fd: int, what: str, starts: np.ndarray, ends: np.ndarray, typ):
+    """The elements of one section, a batch of about BATCH_BYTES at a time, decoded as `typ`."""
+    decoder = msgspec.json.Decoder(list[typ])
+    i, n = 0, starts.size
+    while i < n:
+        j = int(np.searchsorted(starts, starts[i] + BATCH_BYTES, "right"))
+        j = max(j, i + 1)
+        lo, hi = int(starts[i]), int(ends[j - 1])
+        data = os.pread(fd, hi - lo, lo)
+        try:
+            batch = decoder.decode(b"[" + data + b"]")
+        except msgspec.ValidationError as e:
+            raise UserError(f"{path}: an entry of {what!r} among #{i}-#{j - 1}: {e}") from None
+        except msgspec.DecodeError as e:
+            raise UserError(f"{path}: not valid JSON in {what!r} near byte {lo}: {e}") from None
+        yield batch
+        i = j
+
+
+def build(path: str | os.PathLike, out: str | os.PathLike, variant: str = "lvis",
+          classes: Sequence[str] | None = None, sha256: str | None = None) -> dict:
+    """Pack an LVIS (variant lvis) or COCO (coco) annotation file into `out`; returns the header's metadata.
+    The segmentations' text, most of the bytes, goes to the file a batch at a time: memory holds one batch.
+
+    Equal, image by image, to what mmdet's LVISV1Dataset / CocoDataset.load_data_list produce: images in
+    file order, their annotations in file order, with parse_data_info's rules (ignore skipped; boxes whose
+    intersection with the image is empty, with area <= 0, or w or h < 1 dropped; crowd -> ignore_flag 1;
+    labels in the file's category order).
+    """
+    name = os.fspath(path)
+    p = Path(path)
+    if not p.is_file():
+        raise UserError(f"{p}: no such annotation file")
+    hasher = hashlib.sha256()
+    scanner = Scanner(name, {"annotations": (), "images": ()}, spans=("annotations", "images"))  # no ids: spans
+    scanner.run(read_chunks(p, 8 << 20, hasher))
+    scanner.finish()
+    digest = hasher.hexdigest()
+    if sha256 is not None and digest != sha256:
+        raise UserError(f"{p}: changed while it was read (sha256 {digest[:12]}…, expected {sha256[:12]}…)")
+    for key in ("images", "annotations", "categories"):
+        if scanner.top.get(key) != "array":
+            raise UserError(f"{p}: no top-level {key!r} list; expected an LVIS or COCO annotation file")
+    try:
+        cats = json.loads(b"".join(scanner.raw["categories"]))
+    except (ValueError, UnicodeDecodeError) as e:
+        raise UserError(f"{p}: not valid JSON in 'categories' ({e})") from None
+    if variant == "lvis":
+        cat_ids = [int(c["id"]) for c in cats]  # lvis-api's get_cat_ids: every category, file order
+    else:  # pycocotools' getCatIds(catNms=classes): the file's order, names in classes
+        wanted = set(classes or ())
+        cat_ids = [int(c["id"]) for c in cats if c.get("name") in wanted]
+    cat_sorted = np.array(sorted(cat_ids), np.int64)
+    label_of_sorted = np.array([cat_ids.index(c) for c in cat_sorted.tolist()], np.int64)
+
+    fd = os.open(p, os.O_RDONLY)
+    try:
+        img_starts, img_ends = scanner.sections["images"].spans()
+        ids, hs, ws, names = [], [], [], []
+        for batch in _decode(name, fd, "images", img_starts, img_ends, _Image):
+            for im in batch:
+                if variant == "lvis":
+                    if im.coco_url is None:
+                        raise UserError(f"{p}: image id {im.id} has no 'coco_url' (LVIS v1 names images by it)")
+                    fname = im.coco_url.replace(LVIS_URL, "")
+                else:
+                    if im.file_name is None:
+                        raise UserError(f"{p}: image id {im.id} has no 'file_name'")
+                    fname = im.file_name
+                ids.append(im.id)
+                hs.append(im.height)
+                ws.append(im.width)
+                names.append(fname.encode())
+        img_id = np.array(ids, np.int64)
+        order = np.argsort(img_id, kind="stable")
+        dup = np.flatnonzero(img_id[order][1:] == img_id[order][:-1])
+        if dup.size:
+            raise UserError(f"{p}: image id {img_id[order][dup[0]]} appears twice in 'images'")
+        height, width = np.array(hs, np.int64), np.array(ws, np.int64)
+        name_off = np.zeros(len(names) + 1, np.int64)
+        np.cumsum([len(s) for s in names], out=name_off[1:])
+        name_blob = np.frombuffer(b"".join(names), np.uint8)
+        del ids, hs, ws, names
+
+        ann_starts, ann_ends = scanner.sections["annotations"].spans()
+        cols: dict[str, list] = {k: [] for k in ("img", "label", "ignore", "bbox", "mask_len", "named")}
+        with _Writer(out) as writer:
+            masks = writer.stream("mask_blob", np.uint8)
+            for batch in _decode(name, fd, "annotations", ann_starts, ann_ends, _Ann):
+                _parse_batch(name, batch, img_id, order, height, width, cat_sorted, label_of_sorted, cols, masks)
+            meta = _finish(writer, scanner, name, digest, variant, classes, cat_ids, img_id, height, width,
+                           name_off, name_blob, cols)
+    finally:
+        os.close(fd)
+    return meta
+
+
+def _finish(writer: _Writer, scanner: Scanner, name: str, digest: str, variant: str, classes, cat_ids: list[int],
+            img_id: np.ndarray, height: np.ndarray, width: np.ndarray, name_off: np.ndarray, name_blob: np.ndarray,
+            cols: dict) -> dict:
+    """The per-image and per-instance arrays (instances regrouped by image), then the header."""
+
+    cat = lambda k, dt: np.concatenate(cols[k]).astype(dt, copy=False) if cols[k] else np.zeros(0, dt)  # noqa: E731
+    ann_img = cat("img", np.int64)
+    num_images = img_id.size
+    named = np.zeros(num_images, bool)
+    named_img = cat("named", np.int64)
+    named[named_img] = True  # filter_empty_gt: a raw annotation of one of cat_ids, whatever its box
+    by_img = np.argsort(ann_img, kind="stable")  # images in file order, their annotations in file order
+    inst_off = np.zeros(num_images + 1, np.int64)
+    np.cumsum(np.bincount(ann_img, minlength=num_images), out=inst_off[1:])
+    mask_len = cat("mask_len", np.int64)  # 0: no mask (a segmentation's text is never empty)
+    mask_first = np.zeros(mask_len.size + 1, np.int64)  # the texts stay in file order
+    np.cumsum(mask_len, out=mask_first[1:])
+    arrays = {
+        "img_id": img_id, "height": height, "width": width, "name_off": name_off, "name_blob": name_blob,
+        "named": named, "inst_off": inst_off,
+        "bbox": cat("bbox", np.float64).reshape(-1, 4)[by_img], "label": cat("label", np.int32)[by_img],
+        "ignore": cat("ignore", np.uint8)[by_img], "mask_first": mask_first[:-1][by_img],
+        "mask_len": mask_len[by_img],
+    }
+    for key, arr in arrays.items():
+        writer.put(key, arr)
+    meta = {"source": {"path": os.path.abspath(name), "sha256": digest, "bytes": scanner.offset},
+            "options": options_key(variant, classes), "cat_ids": cat_ids,
+            "num_images": int(num_images), "num_instances": int(mask_len.size)}
+    writer.close(meta)
+    return meta
+
+
+def _parse_batch(path: str, batch: list[_Ann], img_id: np.ndarray, order: np.ndarray, height: np.ndarray,
+                 width: np.ndarray, cat_sorted: np.ndarray, label_of_sorted: np.ndarray, cols: dict,
+                 masks_out: Callable[[np.ndarray], None]) -> None:
+    """CocoDataset.parse_data_info's rules, on a batch of annotations at once."""
+    n = len(batch)
+    if not n:
+        return
+    image = np.fromiter(map(attrgetter("image_id"), batch), np.int64, count=n)
+    category = np.fromiter(map(attrgetter("category_id"), batch), np.int64, count=n)
+    boxes = list(map(attrgetter("bbox"), batch))
+    if any(len(b) != 4 for b in boxes):
+        k = next(i for i, b in enumerate(boxes) if len(b) != 4)
+        raise UserError(f"{path}: an annotation of image id {image[k]} has a bbox of {len(boxes[k])} numbers, "
+                        "expected [x, y, w, h]")
+    box = np.array(boxes, np.float64).reshape(n, 4)
+    area = np.fromiter(map(attrgetter("area"), batch), np.float64, count=n)
+    crowd = np.fromiter(map(bool, map(attrgetter("iscrowd"), batch)), bool, count=n)
+    ignore = np.fromiter(map(bool, map(attrgetter("ignore"), batch)), bool, count=n)
+
+    pos = np.searchsorted(img_id, image, sorter=order)
+    pos = np.minimum(pos, max(img_id.size - 1, 0))
+    known = img_id[order[pos]] == image if img_id.size else np.zeros(n, bool)
+    img = np.where(known, order[pos], 0)
+    cpos = np.minimum(np.searchsorted(cat_sorted, category), max(cat_sorted.size - 1, 0))
+    in_cats = cat_sorted[cpos] == category if cat_sorted.size else np.zeros(n, bool)
+    cols["named"].append(img[known & in_cats])
+
+    x1, y1, w, h = box.T
+    W, H = width[img].astype(np.float64), height[img].astype(np.float64)
+    inter_w = np.maximum(0, np.minimum(x1 + w, W) - np.maximum(x1, 0))
+    inter_h = np.maximum(0, np.minimum(y1 + h, H) - np.maximum(y1, 0))
+    keep = known & ~ignore & (inter_w * inter_h != 0) & ~((area <= 0) | (w < 1) | (h < 1)) & in_cats
+    idx = np.flatnonzero(keep)
+    if not idx.size:
+        return
+    cols["img"].append(img[idx])
+    cols["label"].append(label_of_sorted[cpos[idx]])
+    cols["ignore"].append(crowd[idx].astype(np.uint8))
+    cols["bbox"].append(np.stack([x1[idx], y1[idx], x1[idx] + w[idx], y1[idx] + h[idx]], 1).ravel())
+
+    texts = [bytes(batch[i].segmentation) for i in idx.tolist()]
+    texts = [t if t[:2] == b"[[" or _truthy(t) else b"" for t in texts]  # mmdet: `if ann.get('segmentation')`
+    cols["mask_len"].append(np.fromiter(map(len, texts), np.int64, count=len(texts)))
+    masks_out(np.frombuffer(b"".join(texts), np.uint8))
+
+
+def _truthy(text: bytes) -> bool:
+    """Whether a json value is truthy in Python, from its text: `[]`, `{}`, `""`, `null`, `false`, zero are not."""
+    head = text[:1]
+    if head in (b"[", b"{"):
+        return bool(text[1:-1].strip())
+    if head == b'"':
+        return len(text) > 2
+    if head in (b"n", b"f"):
+        return False
+    return head == b"t" or bool(json.loads(text))
+
+
+# --- the file ------------------------------------------------------------------------------------------------------
+
+class _Writer:
+    """Writes a pack: arrays one after another (each 64-byte aligned; one may be streamed in pieces), then the
+    header. The crc32 covers every byte before the header, and the header records it and its own offset, so
+    a truncated or altered file is never read. The caller renames the finished file into place."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = path
+        self.table: dict[str, dict] = {}
+        self.crc = 0
+        self.pos = PRELUDE.size
+        self.f = None
+
+    def __enter__(self) -> _Writer:
+        self.f = open(self.path, "wb")
+        self.f.write(b"\0" * PRELUDE.size)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.f.close()
+
+    def _bytes(self, data: bytes | memoryview) -> None:
+        self.f.write(data)
+        self.crc = zlib.crc32(data, self.crc)
+        self.pos += len(data)
+
+    def _align(self) -> None:
+        if self.pos % ALIGN:
+            self._bytes(b"\0" * (-self.pos % ALIGN))
+
+    def put(self, key: str, arr: np.ndarray) -> None:
+        self._align()
+        data = np.ascontiguousarray(arr)
+        self.table[key] = {"dtype": data.dtype.str, "shape": list(data.shape), "offset": self.pos}
+        if data.size:
+            self._bytes(memoryview(data).cast("B"))
+
+    def stream(self, key: str, dtype) -> Callable[[np.ndarray], None]:
+        """A 1-d array written piece by piece: returns the function that appends a piece (nothing else may
+        be written in between)."""
+        self._align()
+        entry = self.table[key] = {"dtype": np.dtype(dtype).str, "shape": [0], "offset": self.pos}
+
+        def append(piece: np.ndarray) -> None:
+            data = np.ascontiguousarray(piece, dtype)
+            if data.size:
+                self._bytes(memoryview(data).cast("B"))
+                entry["shape"][0] += data.size
+        return append
+
+    def close(self, meta: dict) -> None:
+        header = json.dumps({**meta, "arrays": self.table, "crc32": self.crc, "header_offset": self.pos}).encode()
+        self.f.write(header)
+        self.f.seek(0)
+        self.f.write(PRELUDE.pack(MAGIC, VERSION, 0, self.pos, len(header)))
+        # no fsync: a pack torn by a crash fails its length or crc32 check when next opened and is rebuilt
+
+
+class CorruptPack(Exception):
+    """A pack file that is truncated, altered or of another version: rebuilt, never read."""
+
+
+def _crc32(path: str | os.PathLike, start: int, end: int, chunk: int = 16 << 20) -> int:
+    crc, buf = 0, bytearray(chunk)
+    view = memoryview(buf)
+    with open(path, "rb", buffering=0) as f:
+        f.seek(start)
+        left = end - start
+        while left > 0:
+            got = f.readinto(view[:min(chunk, left)])
+            if not got:
+                break
+            crc = zlib.crc32(view[:got], crc)
+            left -= got
+    return crc
+
+
+def open_pack(path: str | os.PathLike, verify: bool = True) -> tuple[dict[str, np.ndarray], dict]:
+    """The arrays of a pack file as read-only memory maps (shared by every process that maps it), and its
+    header. With verify, the crc32 of the whole payload is checked (about 0.3 s per GB), read through a small
+    buffer rather than the map, so that checking does not bring the whole file into this process's RSS."""
+    size = os.path.getsize(path)
+    if size < PRELUDE.size:
+        raise CorruptPack(f"{path}: {size} bytes, shorter than a pack's prelude")
+    mm = np.memmap(path, np.uint8, mode="r")
+    magic, version, _, h_off, h_len = PRELUDE.unpack(bytes(mm[:PRELUDE.size]))
+    if magic != MAGIC or version != VERSION:
+        raise CorruptPack(f"{path}: not an ecmctl pack of version {VERSION}")
+    if h_off + h_len != size:
+        raise CorruptPack(f"{path}: {size} bytes, the header says {h_off + h_len} (truncated?)")
+    try:
+        header = json.loads(bytes(mm[h_off:h_off + h_len]))
+    except (ValueError, UnicodeDecodeError):
+        raise CorruptPack(f"{path}: unreadable header") from None
+    if header.get("header_offset") != h_off:
+        raise CorruptPack(f"{path}: the header does not match the prelude")
+    if verify and _crc32(path, PRELUDE.size, h_off) != header["crc32"]:
+        raise CorruptPack(f"{path}: checksum mismatch (the file was altered)")
+    if set(header.get("arrays", ())) != ARRAYS:
+        raise CorruptPack(f"{path}: not the arrays of a version-{VERSION} pack")
+    arrays = {}
+    for key, spec in header["arrays"].items():
+        dt = np.dtype(spec["dtype"])
+        count = int(np.prod(spec["shape"])) if spec["shape"] else 1
+        arrays[key] = np.frombuffer(mm, dt, count=count, offset=spec["offset"]).reshape(spec["shape"])
+    return arrays, header
+
+
+# --- reading: one image at a time ---------------------------------------------------------------------------------
+
+def file_name(arrays: dict[str, np.ndarray], i: int) -> str:
+    off = arrays["name_off"]
+    return bytes(arrays["name_blob"][off[i]:off[i + 1]]).decode()
+
+
+def data_info(arrays: dict[str, np.ndarray], i: int, img_prefix: str, seg_prefix: str | None = None,
+              seg_suffix: str = ".png") -> dict:
+    """Image i's data info, as CocoDataset.parse_data_info writes it (bbox xyxy, bbox_label, ignore_flag, and
+    `mask`: the segmentation, polygons or RLE, as json.loads reads it)."""
+    name = file_name(arrays, i)
+    info = {"img_path": os.path.join(img_prefix, name), "img_id": int(arrays["img_id"][i]),
+            "seg_map_path": (os.path.join(seg_prefix, name.rsplit(".", 1)[0] + seg_suffix) if seg_prefix else None),
+            "height": int(arrays["height"][i]), "width": int(arrays["width"][i])}
+    lo, hi = int(arrays["inst_off"][i]), int(arrays["inst_off"][i + 1])
+    boxes = arrays["bbox"][lo:hi].tolist()
+    labels = arrays["label"][lo:hi].tolist()
+    ignore = arrays["ignore"][lo:hi].tolist()
+    first = arrays["mask_first"][lo:hi].tolist()
+    length = arrays["mask_len"][lo:hi].tolist()
+    blob = arrays["mask_blob"]
+    instances = []
+    for k in range(hi - lo):
+        inst = {"ignore_flag": ignore[k], "bbox": boxes[k], "bbox_label": labels[k]}
+        if length[k]:
+            inst["mask"] = json.loads(blob[first[k]:first[k] + length[k]].tobytes())
+        instances.append(inst)
+    info["instances"] = instances
+    return info
+
+
+def cat_ids(arrays: dict[str, np.ndarray], i: int) -> list[int]:
+    """The labels of image i's instances (BaseDetDataset.get_cat_ids), without decoding its masks."""
+    return arrays["label"][arrays["inst_off"][i]:arrays["inst_off"][i + 1]].tolist()
+
+
+def kept_images(arrays: dict[str, np.ndarray], filter_empty_gt: bool, min_size: float) -> np.ndarray:
+    """CocoDataset.filter_data: with filter_empty_gt, images that some raw annotation of a class names (its
+    box may be dropped later: mmdet tests lvis-api's cat_img_map, not the parsed instances); min(w, h) >=
+    min_size."""
+    keep = np.minimum(arrays["width"], arrays["height"]) >= min_size
+    if filter_empty_gt:
+        keep &= arrays["named"]
+    return np.flatnonzero(keep)
+
+
+def repeat_factors(arrays: dict[str, np.ndarray], images: np.ndarray, thr: float) -> np.ndarray:
+    """mmengine ClassBalancedDataset._get_repeat_factors over the images `images` (the dataset's indices),
+    with the same float operations: f_c = images with c / images; r_c = max(1, sqrt(thr / f_c)); an image's
+    factor is the max r_c over its labels (1 without instances)."""
+    n = images.size
+    off = arrays["inst_off"]
+    counts = off[images + 1] - off[images]
+    which = np.repeat(np.arange(n), counts)
+    starts = np.repeat(off[images] - np.concatenate(([0], np.cumsum(counts)[:-1])), counts)
+    labels = arrays["label"][starts + np.arange(which.size)].astype(np.int64)
+    num_labels = int(labels.max()) + 1 if labels.size else 1
+    pairs = np.unique(which * num_labels + labels)  # (image, label), sorted by image
+    img_of, lab_of = pairs // num_labels, pairs % num_labels
+    freq = np.bincount(lab_of, minlength=num_labels).astype(np.float64) / n
+    with np.errstate(divide="ignore"):
+        rep = np.maximum(1.0, np.sqrt(thr / freq))
+    factors = np.ones(n, np.float64)
+    if pairs.size:
+        first = np.flatnonzero(np.concatenate(([True], img_of[1:] != img_of[:-1])))
+        factors[img_of[first]] = np.maximum.reduceat(rep[lab_of], first)
+    return factors
+
+
+def repeat_indices(factors: np.ndarray) -> np.ndarray:
+    """ClassBalancedDataset.repeat_indices: each index ceil(factor) times, in order."""
+    return np.repeat(np.arange(factors.size), np.ceil(factors).astype(np.int64))
