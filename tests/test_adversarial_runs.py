@@ -142,7 +142,7 @@ def test_a_failing_slurm_job_marks_its_run_failed(tmp_path):
 
 
 def _fake_launch(fail_seed: int, error: type[Exception]):
-    def launch(task, launcher, say, device="auto"):
+    def launch(task, launcher, say, device="auto", after=None):
         cfg = (Path(task.run_dir) / "config.yaml").read_text()
         if f"seed: {fail_seed}\n" in cfg:
             raise error(f"job with seed {fail_seed} failed")

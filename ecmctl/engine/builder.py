@@ -13,6 +13,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from ecmctl.core.errors import UserError, first_line
 from ecmctl.core.mmdet_configs import mmdet_config_path, mmdet_configs_dir
+from ecmctl.engine.atomic_backend import BACKEND as ATOMIC_BACKEND  # importing registers it, for any Runner
 from ecmctl.engine.placement import (
     apply_loss,
     apply_normed_head,
@@ -181,7 +182,7 @@ def build_mm_config(cfg: DictConfig, classes: Sequence[str], work_dir: str | Pat
         logger=dict(type="LoggerHook", interval=k * (min(50, max(1, int(tr.max_iters) // 10)) if tr.max_iters else 50)),
         param_scheduler=dict(type="ParamSchedulerHook"),
         checkpoint=dict(type="CheckpointHook", by_epoch=False, interval=k * int(tr.checkpoint_interval),
-                        max_keep_ckpts=2, save_last=True, backend_args=dict(backend="ecmctl_atomic")),
+                        max_keep_ckpts=2, save_last=True, backend_args=dict(backend=ATOMIC_BACKEND)),
         sampler_seed=dict(type="DistSamplerSeedHook"),
         visualization=dict(type="DetVisualizationHook"))
     mm.log_processor = dict(type="LogProcessor", window_size=20, by_epoch=bool(sch.by_epoch))
