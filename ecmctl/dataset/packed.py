@@ -11,8 +11,9 @@ each element, msgspec decodes a batch of them at a time with only the fields mmd
                annotation object's json text in it; its `segmentation` (polygons or RLE) is parsed with
                Python's json when its image is read: the very values (ints stay ints, floats are the same
                doubles) that lvis-api's json.load gives mmdet. Parsing the ~100M polygon numbers of LVIS train
-               up front would cost more than everything else together; copying the file as it is read (by
-               the thread that reads and hashes it) costs next to nothing and copies no text per annotation.
+               up front would cost more than everything else together; copying the file as it is read (the
+               thread that reads and hashes it has the kernel copy each chunk) costs little and copies no
+               text per annotation.
 
 Layout: magic, version and the header's offset; the arrays, each 64-byte aligned (`source` first); a json
 header (arrays, the source's sha256, the options) with a crc32 of everything before it. A reader memory-maps
@@ -107,7 +108,7 @@ def _decode(path: str, fd: int, base: int, what: str, starts: np.ndarray, ends: 
 
 class _Tee:
     """What the reading thread does with each chunk of the annotation file: hash it, and append it to the
-    pack (whose crc32 it extends). hashlib, zlib and os.write release the GIL: this overlaps the scan."""
+    pack (see _Writer.source). hashlib, zlib and the copy release the GIL: this overlaps the scan."""
 
     def __init__(self, append: Callable[[memoryview | bytes], None]):
         self.sha = hashlib.sha256()
@@ -116,6 +117,10 @@ class _Tee:
     def update(self, data: memoryview | bytes) -> None:
         self.sha.update(data)
         self.append(data)
+
+
+def _identity(st: os.stat_result) -> tuple:
+    return st.st_ino, st.st_dev, st.st_size, st.st_mtime_ns
 
 
 class Found(Exception):
@@ -150,18 +155,26 @@ def build(path: str | os.PathLike, out: str | os.PathLike, variant: str = "lvis"
 
 
 def _build(p: Path, name: str, out, variant: str, classes, sha256: str | None, on_digest, workers) -> dict:
-    with _Writer(out) as writer:
-        tee = _Tee(writer.stream("source", np.uint8, raw=True))
-        base = writer.pos
-        scanner = Scanner(name, {"annotations": (), "images": ()}, spans=("annotations", "images"))  # no ids
-        scanner.run(read_chunks(p, 8 << 20, tee))
-        scanner.finish()
-        digest = tee.sha.hexdigest()
-        if sha256 is not None and digest != sha256:
-            raise UserError(f"{p}: changed while it was read (sha256 {digest[:12]}…, expected {sha256[:12]}…)")
-        if on_digest is not None:
-            on_digest(digest)
-        return _build_arrays(p, name, writer, writer.fd, base, scanner, digest, variant, classes, workers)
+    src = os.open(p, os.O_RDONLY)
+    try:
+        before = _identity(os.fstat(src))
+        with _Writer(out) as writer:
+            tee = _Tee(writer.source(src))
+            base = writer.pos
+            scanner = Scanner(name, {"annotations": (), "images": ()}, spans=("annotations", "images"))  # no ids
+            scanner.run(read_chunks(p, 8 << 20, tee))
+            scanner.finish()
+            digest = tee.sha.hexdigest()
+            if sha256 is not None and digest != sha256:
+                raise UserError(f"{p}: changed while it was read (sha256 {digest[:12]}…, expected "
+                                f"{sha256[:12]}…)")
+            if not before == _identity(os.fstat(src)) == _identity(os.stat(p)) or before[2] != scanner.offset:
+                raise UserError(f"{p}: changed while it was read (its size, time or inode changed)")
+            if on_digest is not None:
+                on_digest(digest)
+            return _build_arrays(p, name, writer, writer.fd, base, scanner, digest, variant, classes, workers)
+    finally:
+        os.close(src)
 
 
 def _build_arrays(p: Path, name: str, writer: _Writer, fd: int, base: int, scanner: Scanner, digest: str,
@@ -388,7 +401,7 @@ def _apply_rules(part: dict, first: int, img_id: np.ndarray, order: np.ndarray, 
 # --- the file ------------------------------------------------------------------------------------------------------
 
 class _Writer:
-    """Writes a pack: arrays one after another (each 64-byte aligned; one may be streamed in pieces), then the
+    """Writes a pack: arrays one after another (each 64-byte aligned; the source is appended in pieces), then the
     header. The crc32 covers every byte before the header, and the header records it and its own offset, so
     a truncated or altered file is never read. The caller renames the finished file into place."""
 
@@ -401,19 +414,20 @@ class _Writer:
 
     def __enter__(self) -> _Writer:
         self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)  # read back while building
-        self._write(b"\0" * PRELUDE.size)
+        self._pwrite(b"\0" * PRELUDE.size, 0)
         return self
 
     def __exit__(self, *exc) -> None:
         os.close(self.fd)
 
-    def _write(self, data: bytes | memoryview) -> None:
+    def _pwrite(self, data: bytes | memoryview, offset: int) -> None:
         view = memoryview(data).cast("B")
         while view:
-            view = view[os.write(self.fd, view):]
+            n = os.pwrite(self.fd, view, offset)
+            view, offset = view[n:], offset + n
 
     def _bytes(self, data: bytes | memoryview) -> None:
-        self._write(data)
+        self._pwrite(data, self.pos)
         self.crc = zlib.crc32(data, self.crc)
         self.pos += len(data)
 
@@ -428,24 +442,38 @@ class _Writer:
         if data.size:
             self._bytes(memoryview(data).cast("B"))
 
-    def stream(self, key: str, dtype, raw: bool = False) -> Callable[[np.ndarray], None]:
-        """A 1-d array written piece by piece: returns the function that appends a piece (nothing else may
-        be written in between). With raw, a piece is any buffer of bytes, written as it is."""
+    def source(self, src: int) -> Callable[[memoryview | bytes], None]:
+        """The annotation file as the array `source`: returns the function that appends the next piece of
+        it, given the piece as read (for the crc32). The bytes are copied from the file descriptor `src` by
+        the kernel (copy_file_range: a fraction of the cost of writing them from memory), else written."""
         self._align()
-        entry = self.table[key] = {"dtype": np.dtype(dtype).str, "shape": [0], "offset": self.pos}
-        itemsize = np.dtype(dtype).itemsize
+        entry = self.table["source"] = {"dtype": "|u1", "shape": [0], "offset": self.pos}
+        state = {"src_pos": 0, "copy": hasattr(os, "copy_file_range")}
 
         def append(piece) -> None:
-            data = memoryview(piece).cast("B") if raw else memoryview(np.ascontiguousarray(piece, dtype)).cast("B")
-            if len(data):
-                self._bytes(data)
-                entry["shape"][0] += len(data) // itemsize
+            data = memoryview(piece).cast("B")
+            n = len(data)
+            done = 0
+            while state["copy"] and done < n:
+                try:
+                    k = os.copy_file_range(src, self.fd, n - done, state["src_pos"] + done, self.pos + done)
+                except OSError:
+                    k = 0
+                if not k:  # not supported here, or the file ended early: write what was read instead
+                    state["copy"] = False
+                done += k
+            if done < n:
+                self._pwrite(data[done:], self.pos + done)
+            self.crc = zlib.crc32(data, self.crc)
+            self.pos += n
+            state["src_pos"] += n
+            entry["shape"][0] += n
         return append
 
     def close(self, meta: dict) -> None:
         header = json.dumps({**meta, "arrays": self.table, "crc32": self.crc, "header_offset": self.pos}).encode()
-        self._write(header)
-        os.pwrite(self.fd, PRELUDE.pack(MAGIC, VERSION, 0, self.pos, len(header)), 0)
+        self._pwrite(header, self.pos)
+        self._pwrite(PRELUDE.pack(MAGIC, VERSION, 0, self.pos, len(header)), 0)
         # no fsync: a pack torn by a crash fails its length or crc32 check when next opened and is rebuilt
 
 
