@@ -202,6 +202,24 @@ def test_a_bad_annotation_in_a_worker_s_part_is_one_line(tmp_path, monkeypatch):
             os.waitpid(pid, os.WNOHANG)
 
 
+def test_a_file_changed_while_it_is_packed_is_an_error(tmp_path, monkeypatch):
+    from ecmctl.core.errors import UserError
+
+    ann = tmp_path / "a.json"
+    _corner_case_file(ann)
+    read_chunks = packed.read_chunks
+
+    def touched(path, *args):
+        for chunk in read_chunks(path, *args):
+            st = os.stat(path)
+            os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))  # someone writes the file meanwhile
+            yield chunk
+    monkeypatch.setattr(packed, "read_chunks", touched)
+    with pytest.raises(UserError, match="changed while it was read"):
+        packcache.load(ann, "lvis", None, tmp_path / "cache")
+    assert not list((tmp_path / "cache").glob("*.npk")) and not list((tmp_path / "cache").glob(".*.tmp"))
+
+
 def test_a_copy_of_the_file_finds_the_pack_once_hashed(tmp_path, capfd):
     """No recorded hash: the file is hashed while it is packed, and a valid pack of that hash is used."""
     ann, cache = tmp_path / "a.json", tmp_path / "cache"
