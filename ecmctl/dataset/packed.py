@@ -195,12 +195,14 @@ def _build_arrays(p: Path, name: str, writer: _Writer, fd: int, base: int, scann
     label_of_sorted = np.array([cat_ids.index(c) for c in cat_sorted.tolist()], np.int64)
 
     ann_starts, ann_ends = scanner.sections["annotations"].spans()
+    img_starts, img_ends = scanner.sections["images"].spans()
+    img_bytes = int(img_ends[-1] - img_starts[0]) if img_starts.size else 0
     bounds = _parts(ann_starts, ann_ends, _num_workers(workers, ann_starts.size,
-                                                       int(ann_ends[-1] - ann_starts[0]) if ann_starts.size else 0))
+                                                       int(ann_ends[-1] - ann_starts[0]) if ann_starts.size else 0),
+                    head_start=4 * img_bytes)  # this process decodes the images too (more Python per byte)
     children = [_fork(_ann_columns, name, fd, base, ann_starts[a:b], ann_ends[a:b], a)
                 for a, b in zip(bounds[1:-1], bounds[2:])]  # the parts after the first, decoded meanwhile
     try:
-        img_starts, img_ends = scanner.sections["images"].spans()
         ids, hs, ws, names = [], [], [], []
         for _, _, batch in _decode(name, fd, base, "images", img_starts, img_ends, _Image):
             for im in batch:
@@ -288,12 +290,14 @@ def _num_workers(requested: int | None, count: int, nbytes: int) -> int:
     return max(1, min(requested, MAX_WORKERS, count))
 
 
-def _parts(starts: np.ndarray, ends: np.ndarray, k: int) -> list[int]:
-    """Element indices that cut the section into k contiguous parts of about as many bytes."""
+def _parts(starts: np.ndarray, ends: np.ndarray, k: int, head_start: int = 0) -> list[int]:
+    """Element indices that cut the section into k contiguous parts of about equal work, counted in bytes;
+    the first part's process has `head_start` bytes' worth of other work."""
     if k <= 1 or not starts.size:
         return [0, int(starts.size)]
     lo, hi = int(starts[0]), int(ends[-1])
-    cuts = np.searchsorted(starts, lo + (hi - lo) * np.arange(1, k) / k).tolist()
+    share = (hi - lo + head_start) / k
+    cuts = np.searchsorted(starts, lo + np.maximum(0, share * np.arange(1, k) - head_start)).tolist()
     return [0, *sorted(set(cuts) - {0, int(starts.size)}), int(starts.size)]
 
 
