@@ -153,6 +153,88 @@ def test_lvis_shaped_file_equals_mmdet(tmp_path):
     _assert_same(ref, _packed("lvis", kw, tmp_path / "cache"), sample=150, rfs_thr=0.01)
 
 
+def test_parallel_build_is_byte_identical(tmp_path):
+    """The annotations decoded by forked workers, each a part of them: the same pack, byte for byte."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        from count_bench import generate
+    finally:
+        sys.path.pop(0)
+    lvis_like, corner, coco = tmp_path / "lvis_like.json", tmp_path / "corner.json", tmp_path / "coco.json"
+    generate(lvis_like, scale=0.002, seed=2)
+    _corner_case_file(corner)
+    _corner_case_file(coco, coco=True)
+    for ann, variant, classes in ((lvis_like, "lvis", None), (corner, "lvis", None), (coco, "coco", ["c7", "c5"])):
+        packs = []
+        for workers in (1, 2, 3, 7):
+            out = tmp_path / f"{ann.stem}.{workers}.npk"
+            packed.build(ann, out, variant, classes, workers=workers)
+            packs.append(out.read_bytes())
+        assert all(p == packs[0] for p in packs[1:]), ann.name
+        arrays, header = packed.open_pack(tmp_path / f"{ann.stem}.3.npk")
+        assert header["num_instances"] == arrays["label"].size > 0
+
+
+def test_a_bad_annotation_in_a_worker_s_part_is_one_line(tmp_path, monkeypatch):
+    from ecmctl.core.errors import UserError
+
+    children = []
+    fork = packed._fork
+    monkeypatch.setattr(packed, "_fork", lambda *a: children.append(fork(*a)) or children[-1])
+
+    ann = tmp_path / "a.json"
+    doc = _corner_case_file(ann)
+    last = len(doc["annotations"]) - 1
+    for field, value, message in (("bbox", [1, 2, 3], "has a bbox of 3 numbers"),
+                                  ("image_id", "x", "an entry of 'annotations' among #")):
+        bad = json.loads(json.dumps(doc))
+        bad["annotations"][last][field] = value
+        ann.write_text(json.dumps(bad))
+        with pytest.raises(UserError, match=str(ann)) as e:
+            packed.build(ann, tmp_path / "out.npk", "lvis", workers=3)
+        assert message in str(e.value) and "\n" not in str(e.value)
+        if field == "image_id":  # numbered in the whole section, not in the worker's part
+            first = int(str(e.value).split("among #")[1].split("-")[0])
+            assert 0 < first <= last < first + 200
+    assert len(children) >= 2  # (the first part, with the images, may be empty on a small file)
+    for pid, _ in children:  # each worker was reaped, none left behind
+        with pytest.raises(ChildProcessError):
+            os.waitpid(pid, os.WNOHANG)
+
+
+def test_a_file_changed_while_it_is_packed_is_an_error(tmp_path, monkeypatch):
+    from ecmctl.core.errors import UserError
+
+    ann = tmp_path / "a.json"
+    _corner_case_file(ann)
+    read_chunks = packed.read_chunks
+
+    def touched(path, *args):
+        for chunk in read_chunks(path, *args):
+            st = os.stat(path)
+            os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))  # someone writes the file meanwhile
+            yield chunk
+    monkeypatch.setattr(packed, "read_chunks", touched)
+    with pytest.raises(UserError, match="changed while it was read"):
+        packcache.load(ann, "lvis", None, tmp_path / "cache")
+    assert not list((tmp_path / "cache").glob("*.npk")) and not list((tmp_path / "cache").glob(".*.tmp"))
+
+
+def test_a_copy_of_the_file_finds_the_pack_once_hashed(tmp_path, capfd):
+    """No recorded hash: the file is hashed while it is packed, and a valid pack of that hash is used."""
+    ann, cache = tmp_path / "a.json", tmp_path / "cache"
+    _corner_case_file(ann)
+    _, _, path = packcache.load(ann, "lvis", None, cache)
+    before = path.stat()
+    copy = tmp_path / "copy.json"
+    copy.write_bytes(ann.read_bytes())
+    arrays, _, again = packcache.load(copy, "lvis", None, cache)
+    assert again == path and (path.stat().st_ino, path.stat().st_mtime_ns) == (before.st_ino, before.st_mtime_ns)
+    assert arrays["img_id"].size == 60 and _cache_files(cache) == [path]
+    assert not list(cache.glob(".*.tmp")) and "rebuilding" not in capfd.readouterr().err
+    assert packcache.known_sha256(copy, cache) == packcache.known_sha256(ann, cache) is not None
+
+
 @pytest.mark.parametrize("field, value, message", [
     ("area", None, "an entry of 'annotations' among #0-"), ("bbox", [1, 2, 3], "has a bbox of 3 numbers"),
     ("image_id", "x", "Expected `int`, got `str`")])

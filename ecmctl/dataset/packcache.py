@@ -1,13 +1,16 @@
 """Where packed datasets live: one file per (annotation sha256, options), built by one process per node.
 
 `load()` returns a pack's memory-mapped arrays. The first process to need one takes an exclusive `flock` on
-`<key>.lock` beside it, builds into a temp file and renames it into place; the others block on the lock, then
-map the finished file (a node's ranks and their data-loader workers share its pages). A file that fails its
+a lock file of the annotation file's path and the options, builds into a temp file and renames it into place;
+the others block on the lock, then map the finished file (a node's ranks and their data-loader workers share
+its pages). A file that fails its
 checks (truncated, altered, another version, another source) is rebuilt, never read. A cache directory that
 cannot be written means each process builds a private pack (an unlinked temp file), said once per process.
 
-The annotation file's sha256 (seconds for a GB) is itself cached in `sha256/`, keyed by the file's path, size,
-mtime, inode and device: a changed file gets a new hash, and so a new pack.
+The annotation file's sha256 is itself cached in `sha256/`, keyed by the file's path, size, mtime, inode and
+device: a changed file gets a new hash, and so a new pack. Without such a record the file is hashed while it
+is packed (one read of the file): once the hash is known, a valid pack of that hash (made from a copy of the
+file, say) stops the build and is used.
 """
 
 from __future__ import annotations
@@ -23,7 +26,6 @@ from pathlib import Path
 
 import numpy as np
 
-from ecmctl.core.io import sha256_file
 from ecmctl.dataset import packed
 
 _told: set[str] = set()
@@ -41,29 +43,35 @@ def _stamp(path: Path) -> dict:
             "dev": st.st_dev}
 
 
-def source_sha256(path: Path, cache_dir: Path | None) -> str:
-    """sha256 of the annotation file, remembered per (path, size, mtime, inode, device) under cache_dir."""
+def _sidecar(stamp: dict, cache_dir: Path) -> Path:
+    return cache_dir / "sha256" / (hashlib.sha256(stamp["path"].encode()).hexdigest()[:24] + ".json")
+
+
+def known_sha256(path: Path, cache_dir: Path) -> str | None:
+    """The sha256 recorded for the annotation file as it is now (path, size, mtime, inode, device), or None."""
     stamp = _stamp(path)
-    side = None
-    if cache_dir is not None:
-        side = cache_dir / "sha256" / (hashlib.sha256(stamp["path"].encode()).hexdigest()[:24] + ".json")
-        try:
-            rec = json.loads(side.read_text())
-            if rec.get("stamp") == stamp and isinstance(rec.get("sha256"), str):
-                return rec["sha256"]
-        except (OSError, ValueError):
-            pass
-    digest = sha256_file(path, 8 << 20)
-    if side is not None and _stamp(path) == stamp:
-        try:
-            side.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(prefix=f".{side.name}.", dir=side.parent)
-            with os.fdopen(fd, "w") as f:
-                json.dump({"stamp": stamp, "sha256": digest}, f)
-            os.replace(tmp, side)
-        except OSError:
-            pass
-    return digest
+    try:
+        rec = json.loads(_sidecar(stamp, cache_dir).read_text())
+        if rec.get("stamp") == stamp and isinstance(rec.get("sha256"), str):
+            return rec["sha256"]
+    except (OSError, ValueError):
+        pass
+    return None
+
+
+def _remember_sha256(stamp: dict, path: Path, digest: str, cache_dir: Path) -> None:
+    """Record the sha256 computed while the file had `stamp`, unless it changed since."""
+    side = _sidecar(stamp, cache_dir)
+    try:
+        if _stamp(path) != stamp:
+            return
+        side.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{side.name}.", dir=side.parent)
+        with os.fdopen(fd, "w") as f:
+            json.dump({"stamp": stamp, "sha256": digest}, f)
+        os.replace(tmp, side)
+    except OSError:
+        pass
 
 
 def _writable(directory: Path) -> bool:
@@ -92,38 +100,60 @@ def load(ann_file: str | os.PathLike, variant: str, classes: Sequence[str] | Non
         _say_once(f"dataset cache {cache} cannot be written; building {src.name} for this process only "
                   "(in a private temp file; every process builds its own)")
         cache = None
-    sha = source_sha256(src, cache)
     if cache is None:  # a private pack in the temp directory, unlinked once mapped
         fd, tmp = tempfile.mkstemp(prefix=f"ecmctl-{src.name}.", suffix=".npk")
         os.close(fd)
         try:
-            packed.build(src, tmp, variant, classes, sha)
+            packed.build(src, tmp, variant, classes)
             arrays, header = packed.open_pack(tmp, verify=False)
         finally:
             os.unlink(tmp)
         return arrays, header, None
-    path = cache / f"{sha}-{packed.options_hash(options)}.npk"
-    try:
-        arrays, header = _open_checked(path, sha, options)
-        return arrays, header, path
-    except (FileNotFoundError, packed.CorruptPack):
-        pass
-    with open(path.with_suffix(".lock"), "a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # one builder per node; the others wait here, then map its file
+    opt = packed.options_hash(options)
+    pack_path = lambda digest: cache / f"{digest}-{opt}.npk"  # noqa: E731
+    sha = known_sha256(src, cache)
+    if sha is not None:
         try:
-            arrays, header = _open_checked(path, sha, options)
-            return arrays, header, path
-        except FileNotFoundError:
+            arrays, header = _open_checked(pack_path(sha), sha, options)
+            return arrays, header, pack_path(sha)
+        except (FileNotFoundError, packed.CorruptPack):
             pass
-        except packed.CorruptPack as e:
-            _say_once(f"{e}; rebuilding it")
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=cache)
+    stamp = _stamp(src)
+    lock_name = f"{hashlib.sha256(stamp['path'].encode()).hexdigest()[:24]}-{opt}.lock"
+    with open(cache / lock_name, "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # one builder per file and options on a node; the others wait here,
+        # then find its hash and map its pack
+        found: list = []
+
+        def check(digest: str) -> None:
+            """The hash is known: use a valid pack of it if there is one (built by another process, or from a
+            copy of the file), else say why it is rebuilt."""
+            _remember_sha256(stamp, src, digest, cache)
+            try:
+                found.append(_open_checked(pack_path(digest), digest, options))
+                raise packed.Found
+            except FileNotFoundError:
+                pass
+            except packed.CorruptPack as e:
+                _say_once(f"{e}; rebuilding it")
+
+        sha = known_sha256(src, cache)
+        if sha is not None:  # recorded by the process that held the lock before
+            try:
+                check(sha)
+            except packed.Found:
+                return (*found[0], pack_path(sha))
+        fd, tmp = tempfile.mkstemp(prefix=f".{src.name}.", suffix=".tmp", dir=cache)
         os.close(fd)
         try:
-            packed.build(src, tmp, variant, classes, sha)
+            meta = packed.build(src, tmp, variant, classes, sha, on_digest=None if sha is not None else check)
+            path = pack_path(meta["source"]["sha256"])
             os.replace(tmp, path)
+        except packed.Found:
+            Path(tmp).unlink(missing_ok=True)
+            return (*found[0], pack_path(found[0][1]["source"]["sha256"]))
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise
-        arrays, header = _open_checked(path, sha, options, verify=False)  # written by this process just now
+        arrays, header = _open_checked(path, meta["source"]["sha256"], options, verify=False)  # written just now
         return arrays, header, path
