@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from ranks import worker_pids
 from typer.testing import CliRunner
 
 from ecmctl.cli import app
@@ -145,15 +146,6 @@ def test_ranks_that_outlive_their_launcher_keep_the_run(ready_run):
     assert not ready_run.held_elsewhere()
 
 
-def _worker_pids(marker: str) -> list[int]:
-    pids = []
-    for proc in Path("/proc").iterdir():
-        if proc.name.isdigit():
-            with contextlib.suppress(OSError):
-                cmd = (proc / "cmdline").read_bytes().decode(errors="replace")
-                if "ecmctl.launch.worker" in cmd and marker in cmd and "torch.distributed.run" not in cmd:
-                    pids.append(int(proc.name))
-    return pids
 
 
 @pytest.mark.slow
@@ -167,9 +159,9 @@ def test_ranks_die_with_a_sigkilled_ecmctl_then_resume_works(overrides):
     marker = str(_run_root(overrides) / "orphans")
     try:
         deadline = time.time() + 180
-        while time.time() < deadline and len(_worker_pids(marker)) < 2:
+        while time.time() < deadline and len(worker_pids(marker)) < 2:
             time.sleep(0.3)
-        assert len(_worker_pids(marker)) == 2, "two ranks started"
+        assert len(worker_pids(marker)) == 2, "two ranks started"
         (run_dir,) = list((_run_root(overrides) / "orphans").iterdir())
         while time.time() < deadline and not RunDir(run_dir).held_elsewhere():
             time.sleep(0.3)
@@ -178,11 +170,11 @@ def test_ranks_die_with_a_sigkilled_ecmctl_then_resume_works(overrides):
         proc.kill()  # the ecmctl process only, as the OOM killer would
         proc.wait()
         deadline = time.time() + 60
-        while time.time() < deadline and _worker_pids(marker):
+        while time.time() < deadline and worker_pids(marker):
             time.sleep(0.3)
-        assert not _worker_pids(marker), "the ranks died with their launcher"
+        assert not worker_pids(marker), "the ranks died with their launcher"
     finally:
-        for pid in _worker_pids(marker):
+        for pid in worker_pids(marker):
             os.kill(pid, signal.SIGKILL)
     run = RunDir(run_dir)
     assert not run.held_elsewhere() and run.meta["status"] == "running"  # SIGKILLed: nobody marked it

@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
+from ranks import worker_pids
 from typer.testing import CliRunner
 
 from ecmctl.cli import app
@@ -84,17 +85,6 @@ def test_ranks_leave_their_process_group_before_exit(tmp_path):
     assert out.stdout.count("left") == 2
 
 
-def _worker_pids(marker: str) -> list[int]:
-    pids = []
-    for proc in Path("/proc").iterdir():
-        if proc.name.isdigit():
-            try:
-                cmd = (proc / "cmdline").read_bytes().decode(errors="replace")
-            except OSError:
-                continue
-            if "ecmctl.launch.worker" in cmd and marker in cmd and "torch.distributed.run" not in cmd:
-                pids.append(int(proc.name))
-    return pids
 
 
 def test_dead_rank_ends_the_job_nonzero_within_a_minute(overrides):
@@ -105,16 +95,16 @@ def test_dead_rank_ends_the_job_nonzero_within_a_minute(overrides):
     marker = str(_run_root(overrides) / "dying")
     try:
         deadline = time.time() + 180
-        while time.time() < deadline and len(_worker_pids(marker)) < 2:
+        while time.time() < deadline and len(worker_pids(marker)) < 2:
             time.sleep(0.5)
-        pids = _worker_pids(marker)
+        pids = worker_pids(marker)
         assert len(pids) == 2, "two ranks started"
         time.sleep(5)  # let them reach the training loop
         os.kill(pids[1], signal.SIGKILL)
         t0 = time.time()
         rc = proc.wait(timeout=60)
         assert rc != 0 and time.time() - t0 < 60
-        assert not _worker_pids(marker), "the surviving rank was stopped too"
+        assert not worker_pids(marker), "the surviving rank was stopped too"
         (run_dir,) = list((_run_root(overrides) / "dying").iterdir())
         assert RunDir(run_dir).meta["status"] == "failed"
     finally:
